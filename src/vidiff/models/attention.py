@@ -1,0 +1,273 @@
+"""Attention layers of the LVDM-family U-Nets: spatial (per frame) and temporal (per pixel) transformers.
+
+The official VideoCrafter / DynamiCrafter semantics are kept exactly (see ``shared/docs/official-lvdm-architecture.md``
+§6.6–6.7); the kernels are chosen for speed: ``scaled_dot_product_attention`` where it wins, a plain batched matmul
+for short sequences (16-frame temporal attention) where SDPA's overhead dominates on CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
+from einops import rearrange
+from torch import nn
+
+TEXT_CONTEXT_LEN = 77
+
+# Below this many keys the explicit matmul path is faster than SDPA on CPU (measured in benchmarks/attention_kernels.py).
+SDPA_MIN_KEYS = 32
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool = False) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v over (batch, heads, tokens, dim) tensors, with the faster kernel for the shape."""
+    if k.shape[-2] >= SDPA_MIN_KEYS or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=causal)
+    sim = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if causal:
+        n, m = sim.shape[-2:]
+        mask = torch.ones(n, m, dtype=torch.bool, device=sim.device).tril()
+        sim = sim.masked_fill(~mask, -torch.finfo(sim.dtype).max)
+    return torch.matmul(sim.softmax(dim=-1), v)
+
+
+class RelativePosition(nn.Module):
+    """Learned relative-position table shared across heads (VideoCrafter1 temporal attention)."""
+
+    def __init__(self, dim_head: int, max_distance: int):
+        super().__init__()
+        self.max_distance = max_distance
+        self.embeddings_table = nn.Parameter(torch.zeros(2 * max_distance + 1, dim_head))
+
+    def forward(self, len_q: int, len_k: int) -> torch.Tensor:
+        device = self.embeddings_table.device
+        dist = torch.arange(len_k, device=device)[None, :] - torch.arange(len_q, device=device)[:, None]
+        index = dist.clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return self.embeddings_table[index]  # (len_q, len_k, dim_head)
+
+
+class Attention(nn.Module):
+    """Multi-head (cross-)attention with the official key names.
+
+    ``image_attention`` adds the decoupled image branch of VideoCrafter-I2V / DynamiCrafter: the context is split at
+    ``text_context_len`` into text and image tokens, each gets its own softmax, and the image result is added with a
+    weight λ (fixed, or ``tanh(alpha) + 1`` when learnable). ``image_scale`` can be changed at inference to re-balance
+    the two streams.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        relative_position: bool = False,
+        temporal_length: int | None = None,
+        causal: bool = False,
+        image_attention: bool = False,
+        image_scale: float = 1.0,
+        image_scale_learnable: bool = False,
+        text_context_len: int = TEXT_CONTEXT_LEN,
+        truncate_text_context: bool = False,
+    ):
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads, self.dim_head, self.scale = heads, dim_head, dim_head**-0.5
+        self.causal = causal
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+        self.text_context_len = text_context_len
+        self.truncate_text_context = truncate_text_context
+        self.relative_position = relative_position
+        if relative_position:
+            if not temporal_length:
+                raise ValueError("relative_position needs temporal_length")
+            self.relative_position_k = RelativePosition(dim_head, temporal_length)
+            self.relative_position_v = RelativePosition(dim_head, temporal_length)
+        self.image_attention = image_attention
+        self.image_scale = image_scale
+        if image_attention:
+            self.to_k_ip = nn.Linear(context_dim, inner, bias=False)
+            self.to_v_ip = nn.Linear(context_dim, inner, bias=False)
+            if image_scale_learnable:
+                self.alpha = nn.Parameter(torch.tensor(0.0))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b n (h d) -> b h n d", h=self.heads)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        image_context = None
+        if context is None:
+            context = x
+        elif self.image_attention:
+            context, image_context = context[:, : self.text_context_len], context[:, self.text_context_len :]
+        elif self.truncate_text_context:
+            context = context[:, : self.text_context_len]
+
+        q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(context)), self._heads(self.to_v(context))
+        if self.relative_position:
+            out = self._relative_attention(q, k, v)
+        else:
+            out = _attend(q, k, v, self.scale, self.causal)
+
+        if image_context is not None and image_context.shape[1] > 0:
+            k_ip, v_ip = self._heads(self.to_k_ip(image_context)), self._heads(self.to_v_ip(image_context))
+            out = out + self.image_weight() * _attend(q, k_ip, v_ip, self.scale)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+    def image_weight(self) -> torch.Tensor | float:
+        if hasattr(self, "alpha"):
+            return self.image_scale * (torch.tanh(self.alpha) + 1)
+        return self.image_scale
+
+    def _relative_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n, m = q.shape[-2], k.shape[-2]
+        k_rel = self.relative_position_k(n, m)  # (n, m, d)
+        sim = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        sim = sim + torch.einsum("bhnd,nmd->bhnm", q, k_rel) * self.scale
+        if self.causal:
+            mask = torch.ones(n, m, dtype=torch.bool, device=sim.device).tril()
+            sim = sim.masked_fill(~mask, -torch.finfo(sim.dtype).max)
+        attn = sim.softmax(dim=-1)
+        return torch.matmul(attn, v) + torch.einsum("bhnm,nmd->bhnd", attn, self.relative_position_v(n, m))
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm block: self-attention, (cross-)attention, GEGLU feed-forward; three residuals."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+        self_attention_only: bool = False,
+        **attention_kwargs,
+    ):
+        super().__init__()
+        image_kwargs = {k: attention_kwargs.pop(k) for k in list(attention_kwargs) if k.startswith("image_")}
+        truncate = attention_kwargs.pop("truncate_text_context", False)
+        self.self_attention_only = self_attention_only
+        self.attn1 = Attention(dim, None, heads, dim_head, dropout, **attention_kwargs)
+        self.ff = FeedForward(dim, dropout=dropout, activation_fn="geglu")
+        self.attn2 = Attention(
+            dim,
+            None if self_attention_only else context_dim,
+            heads,
+            dim_head,
+            dropout,
+            truncate_text_context=truncate,
+            **attention_kwargs,
+            **image_kwargs,
+        )
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), None if self.self_attention_only else context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """Attention within each frame; input and output are folded frames ((b t), C, H, W)."""
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        dim_head: int,
+        depth: int = 1,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+        use_linear: bool = True,
+        **attention_kwargs,
+    ):
+        super().__init__()
+        inner = heads * dim_head
+        self.use_linear = use_linear
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout, **attention_kwargs) for _ in range(depth)
+        )
+        self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        _, _, h, w = x.shape
+        x_in = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = rearrange(x, "b c h w -> b (h w) c")
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + x_in
+
+
+class TemporalTransformer(nn.Module):
+    """Attention across frames at every pixel; input and output are videos (b, C, t, H, W).
+
+    The GroupNorm sees the whole 5D tensor (statistics over time too), as in the official code.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        dim_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        use_linear: bool = True,
+        relative_position: bool = False,
+        temporal_length: int | None = None,
+        causal: bool = False,
+    ):
+        super().__init__()
+        inner = heads * dim_head
+        self.use_linear = use_linear
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv1d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(
+                inner,
+                heads,
+                dim_head,
+                dropout=dropout,
+                self_attention_only=True,
+                relative_position=relative_position,
+                temporal_length=temporal_length,
+                causal=causal,
+            )
+            for _ in range(depth)
+        )
+        self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv1d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        b, _, t, h, w = x.shape
+        x_in = x
+        x = rearrange(self.norm(x), "b c t h w -> (b h w) c t")
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = rearrange(x, "n c t -> n t c")
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = rearrange(x, "n t c -> n c t")
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return rearrange(x, "(b h w) c t -> b c t h w", b=b, h=h, w=w) + x_in

@@ -1,0 +1,77 @@
+"""The U-Net against the official VideoCrafter / DynamiCrafter outputs, loaded through the public conversion path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lvdm_fixtures import load_config, load_tensors, params, rel_err
+
+from vidiff.conversion.common import strip_prefix
+from vidiff.conversion.unet import convert_unet, expected_unet_shapes, rename_official_key, unet_config_from_official
+from vidiff.models.unet3d import UNet3DModel
+
+
+def _variant_cases(folder):
+    cfg = load_config(folder)
+    return [f"{v}.{c}" for v, spec in cfg["variants"].items() for c in spec["cases"]]
+
+
+def owned_weights(folder, variant: str) -> dict[str, torch.Tensor]:
+    """The subset of the superset weights that the variant's module owns (the README's loading rule)."""
+    cfg = load_config(folder)
+    spec = cfg["variants"][variant]
+    flavour = "dc" if "DynamiCrafter" in cfg["official_repo"] else "vc"
+    weights = strip_prefix(load_tensors(folder / cfg["weights_file"]), cfg["key_prefix"])
+    expected = expected_unet_shapes(unet_config_from_official(spec["kwargs"], flavour))
+    owned = {k: v for k, v in weights.items() if rename_official_key(k) in expected}
+    assert len(owned) == spec["state_dict_keys_used"], "the variant's module owns a different number of keys"
+    return owned
+
+
+def build_variant(folder, variant: str) -> UNet3DModel:
+    cfg = load_config(folder)
+    spec = cfg["variants"][variant]
+    owned = owned_weights(folder, variant)
+    flavour = "dc" if "DynamiCrafter" in cfg["official_repo"] else "vc"
+    conv = convert_unet(owned, spec["kwargs"], flavour)
+    model = UNet3DModel.from_config(conv.config)
+    model.load_state_dict(conv.state_dict, strict=True)
+    return model.eval()
+
+
+def _call_inputs(inputs: dict, case: str, flavour: str) -> dict:
+    get = lambda name: inputs.get(f"{case}.{name}")  # noqa: E731
+    kwargs = {"sample": get("x"), "timestep": get("timesteps"), "context": get("context")}
+    fps = get("fps") if flavour == "vc" else get("fs")
+    if fps is not None:
+        kwargs["fps"] = fps
+    return kwargs
+
+
+@pytest.mark.parametrize("folder,variant_case", params("vc_unet", _variant_cases) + params("dc_unet", _variant_cases))
+def test_unet_matches_official(folder, variant_case):
+    variant, case = variant_case.split(".")
+    cfg = load_config(folder)
+    flavour = "dc" if "DynamiCrafter" in cfg["official_repo"] else "vc"
+    model = build_variant(folder, variant)
+    inputs = load_tensors(folder / "inputs.safetensors")
+    expected = load_tensors(folder / "expected.safetensors")[f"{variant}.{case}.out"]
+    with torch.no_grad():
+        out = model(**_call_inputs(inputs, case, flavour))
+    assert out.shape == expected.shape
+    err = rel_err(out, expected)
+    assert err <= 1e-5, f"{folder.name} {variant}.{case}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("folder,variant", params("vc_unet", lambda f: list(load_config(f)["variants"])))
+def test_unet_inferred_config_matches_official_kwargs(folder, variant):
+    """Converting without kwargs (as `vidiff convert` does) infers the same architecture."""
+    cfg = load_config(folder)
+    spec = cfg["variants"][variant]
+    owned = owned_weights(folder, variant)
+    told = convert_unet(owned, spec["kwargs"], "vc").config
+    inferred = convert_unet(owned, None, "vc", num_head_channels=spec["kwargs"]["num_head_channels"]).config
+    with torch.device("meta"):
+        told, inferred = dict(UNet3DModel.from_config(told).config), dict(UNet3DModel.from_config(inferred).config)
+    skip = {"dropout"} | (set() if told["use_relative_position"] else {"temporal_length"})
+    assert {k: v for k, v in inferred.items() if k not in skip} == {k: v for k, v in told.items() if k not in skip}
