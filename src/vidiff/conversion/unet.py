@@ -77,7 +77,9 @@ def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
     return len({m.group(1) for k in sd if (m := rx.match(k))})
 
 
-def infer_official_unet_kwargs(sd: Mapping[str, torch.Tensor], flavour: str) -> dict:
+def infer_official_unet_kwargs(
+    sd: Mapping[str, torch.Tensor], flavour: str, num_head_channels: int | None = None
+) -> dict:
     """Recover the official constructor kwargs from the keys and shapes of a U-Net state dict.
 
     The head width cannot be read from the weights unless relative-position tables exist; released models use 64.
@@ -125,7 +127,7 @@ def infer_official_unet_kwargs(sd: Mapping[str, torch.Tensor], flavour: str) -> 
     kw["addition_attention"] = any(k.startswith("init_attn.") for k in sd)
     rel = next((v for k, v in sd.items() if k.endswith("relative_position_k.embeddings_table")), None)
     kw["use_relative_position"] = rel is not None
-    kw["num_head_channels"] = rel.shape[1] if rel is not None else 64
+    kw["num_head_channels"] = num_head_channels or (rel.shape[1] if rel is not None else 64)
     kw["temporal_length"] = (rel.shape[0] - 1) // 2 if rel is not None else 16
     if kw["addition_attention"]:
         kw["init_attention_heads"] = sd["init_attn.0.proj_in.weight"].shape[0] // kw["num_head_channels"]
@@ -166,7 +168,10 @@ def convert_unet(
     ``official_kwargs`` are the official constructor kwargs; when absent they are inferred from the weights.
     ``overrides`` set vidiff config values directly (e.g. ``default_fps``, ``dropout``, ``num_head_channels``).
     """
-    kwargs = dict(official_kwargs) if official_kwargs is not None else infer_official_unet_kwargs(sd, flavour)
+    if official_kwargs is not None:
+        kwargs = dict(official_kwargs)
+    else:
+        kwargs = infer_official_unet_kwargs(sd, flavour, overrides.get("num_head_channels"))
     init_heads = kwargs.pop("init_attention_heads", None)
     config = unet_config_from_official(kwargs, flavour)
     if init_heads is not None:

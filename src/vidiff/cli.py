@@ -1,0 +1,140 @@
+"""``vidiff`` command line: convert official checkpoints, generate videos."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _dtype(name: str | None):
+    import torch
+
+    return None if name is None else getattr(torch, DTYPES[name])
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from .conversion.lvdm import FAMILIES
+
+    p = sub.add_parser("convert", help="convert an official VideoCrafter/DynamiCrafter checkpoint into a vidiff model folder")
+    p.add_argument("checkpoint", help="official .ckpt/.pt/.pth (Lightning, plain or DeepSpeed layout) or .safetensors")
+    p.add_argument("out_dir", help="model folder to create")
+    p.add_argument("--family", choices=sorted(FAMILIES), help="released configuration (detected from the keys if omitted)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="store the weights in this dtype (default: as in the checkpoint)")
+    p.add_argument("--num-head-channels", type=int, help="U-Net attention head width (default 64, as every release)")
+    p.add_argument("--text-heads", type=int, help="text encoder head count (default width/64, 16 for OpenCLIP ViT-H)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate a video from a text prompt")
+    p.add_argument("prompt", help="text prompt")
+    p.add_argument("--model", help="vidiff model folder (from `vidiff convert`)")
+    p.add_argument("-o", "--output", default="outputs/video.mp4", help="output .mp4 path (default outputs/video.mp4)")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1]")
+    p.add_argument("--eta", type=float, help="DDIM eta (default: the model's, 1.0 for the official scripts)")
+    p.add_argument("--frames", type=int, help="number of frames")
+    p.add_argument("--fps", type=int, help="fps conditioning (and playback rate of the mp4)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="U-Net/text encoder compute dtype")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--gif", action="store_true", help="also write <stem>.gif")
+    p.add_argument("--sheet", action="store_true", help="also write a PNG contact sheet <stem>_sheet.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidiff", description="Video diffusion toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_convert(sub)
+    _add_generate(sub)
+    return parser
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .conversion.lvdm import convert_checkpoint
+
+    start = time.time()
+    converted = convert_checkpoint(
+        args.checkpoint,
+        args.out_dir,
+        args.family,
+        num_head_channels=args.num_head_channels,
+        text_heads=args.text_heads,
+        dtype=_dtype(args.dtype),
+        overwrite=args.overwrite,
+    )
+    print(f"family: {converted.family.name} ({converted.family.task})")
+    for name, comp in converted.components.items():
+        n = sum(v.numel() for v in comp.state_dict.values())
+        print(f"  {name}: {len(comp.state_dict)} tensors, {n / 1e6:.2f} M parameters")
+    if converted.ignored:
+        print(f"  ignored {len(converted.ignored)} unused keys (listed in model_index.json)")
+    print(f"wrote {args.out_dir} in {time.time() - start:.1f} s")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipelines.text_to_video import TextToVideoPipeline
+    from .utils.video import save_video_outputs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty")
+    if args.model is None:
+        raise ValueError("no --model given: pass a model folder made by `vidiff convert`")
+    if not args.output.endswith(".mp4"):
+        raise ValueError(f"--output must end in .mp4, got {args.output}")
+    start = time.time()
+    pipe = TextToVideoPipeline.from_pretrained(args.model, torch_dtype=_dtype(args.dtype), device=args.device)
+    fps = args.fps if args.fps is not None else pipe.defaults["fps"]
+    out = pipe(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        guidance_rescale=args.guidance_rescale,
+        fps=fps,
+        eta=args.eta,
+        seed=args.seed,
+        sampler=args.sampler,
+    )
+    paths = save_video_outputs(out.frames[0], args.output, fps=fps, gif=args.gif, contact_sheet=args.sheet)
+    print(f"generated {tuple(out.frames.shape[1:4])} (frames, height, width) in {time.time() - start:.1f} s")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"convert": cmd_convert, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
+        if os.environ.get("VIDIFF_DEBUG"):
+            raise
+        print(f"vidiff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Whole official checkpoints (VideoCrafter1/2, DynamiCrafter) → a vidiff model folder.
+
+A model folder is diffusers-style: ``model_index.json`` plus one sub-folder per component (JSON config + safetensors).
+Every key of the source checkpoint is either consumed by a component converter or deliberately ignored (the reasons are
+listed below and by each converter); anything else is an error, as is any missing key or shape mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..diffusion.schedule import NoiseSchedule, schedule_from_official_params
+from .common import ConversionError, load_official_state_dict, strip_prefix
+from .component import ConvertedComponent
+from .text_encoder import convert_text_encoder
+from .unet import convert_unet
+from .vae import convert_vae
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model."
+IMAGE_ENCODER_PREFIX = "embedder."
+PROJECTOR_PREFIX = "image_proj_model."
+
+# The diffusion buffers the official LatentDiffusion registers (recomputed from the schedule config; when the
+# checkpoint holds real values they are compared with ours, so a checkpoint trained with another schedule is caught).
+SCHEDULE_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "scale_arr",
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One released configuration: how to build it and how the official scripts sample it."""
+
+    name: str
+    flavour: str  # "vc" (VideoCrafter code) or "dc" (DynamiCrafter code)
+    task: str  # "t2v" or "i2v"
+    model_params: dict  # official LatentDiffusion params that define the noise schedule
+    unet: dict = field(default_factory=dict)  # vidiff U-Net config values the weights cannot tell
+    defaults: dict = field(default_factory=dict)  # sampling defaults of the official scripts
+
+
+_BASE = {"linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}
+_VC_T2V = {"num_frames": 16, "num_inference_steps": 50, "guidance_scale": 12.0, "eta": 1.0,
+           "timestep_spacing": "uniform", "guidance_rescale": 0.0, "height": 320, "width": 512, "fps": 28}
+_DC = {"num_frames": 16, "num_inference_steps": 50, "guidance_scale": 7.5, "eta": 1.0,
+       "timestep_spacing": "uniform_trailing", "guidance_rescale": 0.7}
+_DC_V = {**_BASE, "parameterization": "v", "rescale_betas_zero_snr": True, "use_dynamic_rescale": True}
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("vc1_t2v_512", "vc", "t2v", dict(_BASE), {"dropout": 0.0}, dict(_VC_T2V)),
+        Family("vc1_t2v_1024", "vc", "t2v", {**_BASE, "use_scale": True, "fix_scale_bug": True},
+               {"dropout": 0.0}, {**_VC_T2V, "height": 576, "width": 1024}),
+        Family("vc2_t2v_512", "vc", "t2v", {**_BASE, "use_scale": True, "scale_b": 0.7}, {"dropout": 0.0}, dict(_VC_T2V)),
+        Family("vc1_i2v_512", "vc", "i2v", {**_BASE, "use_scale": True, "scale_b": 0.7}, {"dropout": 0.0},
+               {**_VC_T2V, "fps": 8}),
+        Family("dc_256", "dc", "i2v", dict(_BASE), {"dropout": 0.1, "default_fps": 3},
+               {**_DC, "timestep_spacing": "uniform", "guidance_rescale": 0.0, "height": 256, "width": 256, "fps": 3}),
+        Family("dc_512", "dc", "i2v", {**_DC_V, "base_scale": 0.7}, {"dropout": 0.1, "default_fps": 24},
+               {**_DC, "height": 320, "width": 512, "fps": 24}),
+        Family("dc_1024", "dc", "i2v", {**_DC_V, "base_scale": 0.3}, {"dropout": 0.1, "default_fps": 10},
+               {**_DC, "height": 576, "width": 1024, "fps": 10}),
+        Family("dc_512_interp", "dc", "i2v", {**_DC_V, "base_scale": 0.7}, {"dropout": 0.1, "default_fps": 24},
+               {**_DC, "height": 320, "width": 512, "fps": 5}),
+    )
+}
+
+
+def detect_family(sd: Mapping[str, torch.Tensor]) -> str:
+    """Tell the released configuration from the keys (and, where keys are identical, from buffer values)."""
+    if not any(k.startswith(UNET_PREFIX) for k in sd):
+        raise ConversionError(
+            f"not a VideoCrafter/DynamiCrafter checkpoint: no '{UNET_PREFIX}*' keys "
+            f"(first keys: {', '.join(list(sd)[:5])})"
+        )
+    conv_in = sd.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is None:
+        raise ConversionError(f"U-Net input conv '{UNET_PREFIX}input_blocks.0.0.weight' is missing (truncated checkpoint?)")
+    unet_keys = [k[len(UNET_PREFIX) :] for k in sd if k.startswith(UNET_PREFIX)]
+    image = any(k.startswith((IMAGE_ENCODER_PREFIX, PROJECTOR_PREFIX)) for k in sd)
+    if conv_in.shape[1] == 8:
+        if any(k.startswith("framestride_embed.") or k.endswith("attn2.alpha") for k in unet_keys):
+            return "dc_256"
+        scale = sd.get("scale_arr")
+        if scale is not None and scale.device.type != "meta" and abs(float(scale[-1]) - 0.3) < 1e-4:
+            return "dc_1024"
+        return "dc_512"
+    if image:
+        return "vc1_i2v_512"
+    if any("relative_position_k" in k for k in unet_keys):
+        return "vc1_t2v_1024" if any(k.startswith("fps_embedding.") for k in unet_keys) else "vc1_t2v_512"
+    return "vc2_t2v_512"
+
+
+@dataclass
+class ConvertedCheckpoint:
+    family: Family
+    components: dict[str, ConvertedComponent]
+    schedule: NoiseSchedule
+    ignored: dict[str, str]  # full source key -> reason
+
+
+def _component(
+    sd: Mapping[str, torch.Tensor], prefix: str, name: str, fn: Callable[..., ConvertedComponent], **kwargs
+) -> ConvertedComponent:
+    part = strip_prefix(sd, prefix)
+    if not part:
+        raise ConversionError(f"the checkpoint has no {name} weights ('{prefix}*' keys): truncated or not this family?")
+    try:
+        return fn(part, **kwargs)
+    except ConversionError as err:
+        raise ConversionError(f"{name} ({prefix}*): {err}") from None
+
+
+def _check_schedule_buffers(sd: Mapping[str, torch.Tensor], schedule: NoiseSchedule, family: str) -> set[str]:
+    ours = schedule.official_buffers()
+    found = {k for k in SCHEDULE_BUFFERS if k in sd}
+    for key in sorted(found):
+        theirs = sd[key]
+        if key not in ours:
+            raise ConversionError(f"buffer {key!r} is in the checkpoint but family {family} has no such buffer")
+        if tuple(theirs.shape) != tuple(ours[key].shape):
+            raise ConversionError(
+                f"buffer {key!r}: shape {tuple(theirs.shape)} in the checkpoint, {tuple(ours[key].shape)} for family {family}"
+            )
+        if theirs.device.type != "meta":
+            diff = (theirs.double() - ours[key].double()).abs().max().item()
+            if diff > 1e-5 * max(1.0, ours[key].abs().max().item()):
+                raise ConversionError(
+                    f"buffer {key!r} differs from the {family} noise schedule by {diff:.3g}: "
+                    "this checkpoint was trained with another schedule; pass --family if detection was wrong"
+                )
+    return found
+
+
+def convert_state_dict(
+    sd: Mapping[str, torch.Tensor],
+    family: str | None = None,
+    *,
+    num_head_channels: int | None = None,
+    text_heads: int | None = None,
+) -> ConvertedCheckpoint:
+    """Convert a flat official state dict (real or meta tensors) into vidiff components, accounting for every key."""
+    name = family or detect_family(sd)
+    if name not in FAMILIES:
+        raise ConversionError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
+    fam = FAMILIES[name]
+    if fam.task != "t2v":
+        from .i2v import convert_i2v_components  # image encoder + projector converters
+
+        extra = convert_i2v_components(sd, fam)
+    else:
+        extra = {}
+    unet_overrides = dict(fam.unet)
+    if num_head_channels is not None:
+        unet_overrides["num_head_channels"] = num_head_channels
+    components = {
+        "unet": _component(sd, UNET_PREFIX, "U-Net", convert_unet, official_kwargs=None, flavour=fam.flavour,
+                           **unet_overrides),
+        "vae": _component(sd, VAE_PREFIX, "autoencoder", convert_vae),
+        "text_encoder": _component(sd, TEXT_PREFIX, "text encoder", convert_text_encoder, num_heads=text_heads),
+        **extra,
+    }
+    schedule = schedule_from_official_params(fam.model_params)
+    accounted = _check_schedule_buffers(sd, schedule, name)
+    ignored: dict[str, str] = {}
+    prefixes = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "text_encoder": TEXT_PREFIX,
+                "image_encoder": IMAGE_ENCODER_PREFIX, "image_projector": PROJECTOR_PREFIX}
+    for comp_name, comp in components.items():
+        prefix = prefixes[comp_name]
+        accounted |= {prefix + k for k in comp.consumed}
+        ignored.update({prefix + k: why for k, why in comp.ignored.items()})
+    accounted |= set(ignored)
+    unknown = sorted(k for k in sd if k not in accounted)
+    if unknown:
+        head = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        raise ConversionError(f"keys that no {name} component uses: {head}")
+    return ConvertedCheckpoint(fam, components, schedule, ignored)
+
+
+def _cast(sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    if dtype is None:
+        return sd
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def _build(component: str, config: dict) -> torch.nn.Module:
+    from ..models.autoencoder import LDMAutoencoderKL
+    from ..models.text_encoder import OpenCLIPTextEncoder
+    from ..models.unet3d import UNet3DModel
+
+    builders: dict[str, Callable[[dict], torch.nn.Module]] = {
+        "unet": UNet3DModel.from_config,
+        "vae": LDMAutoencoderKL.from_config,
+        "text_encoder": OpenCLIPTextEncoder.from_config,
+    }
+    if component in ("image_encoder", "image_projector"):
+        from .i2v import I2V_BUILDERS
+
+        builders.update(I2V_BUILDERS)
+    with torch.device("meta"):
+        return builders[component](config)
+
+
+def save_model_folder(converted: ConvertedCheckpoint, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Write the converted components into ``out_dir`` (an existing, empty, temporary folder)."""
+    from ..models.tokenizer import OpenCLIPTokenizer
+
+    out = Path(out_dir)
+    for name, comp in converted.components.items():
+        model = _build(name, comp.config)
+        model.load_state_dict(_cast(comp.state_dict, dtype), strict=True, assign=True)
+        model.save_pretrained(out / name)
+    context = converted.components["text_encoder"].config.get("context_length", 77)
+    OpenCLIPTokenizer(context_length=context).save_pretrained(out / "tokenizer")
+    converted.schedule.save_pretrained(out / "scheduler")
+    fam = converted.family
+    index = {
+        "_class_name": "TextToVideoPipeline" if fam.task == "t2v" else "ImageToVideoPipeline",
+        "family": fam.name,
+        "flavour": fam.flavour,
+        "components": sorted([*converted.components, "tokenizer", "scheduler"]),
+        "defaults": fam.defaults,
+        "ignored_keys": converted.ignored,
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    family: str | None = None,
+    *,
+    num_head_channels: int | None = None,
+    text_heads: int | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> ConvertedCheckpoint:
+    """Convert an official checkpoint file into a vidiff model folder, atomically (nothing half-written is left)."""
+    from ..utils.io import atomic_directory
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise ConversionError(f"output folder {out_dir} already exists (use --overwrite to replace it)")
+    sd = load_official_state_dict(checkpoint)
+    converted = convert_state_dict(sd, family, num_head_channels=num_head_channels, text_heads=text_heads)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        save_model_folder(converted, tmp, dtype)
+    return converted
