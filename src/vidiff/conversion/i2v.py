@@ -1,0 +1,36 @@
+"""The image-conditioning components of image-to-video checkpoints (OpenCLIP image tower and Resampler projector)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..models.image_encoder import OpenCLIPImageEncoder
+from ..models.resampler import Resampler
+from .common import ConversionError, strip_prefix
+from .component import ConvertedComponent
+from .image_encoder import convert_image_encoder
+from .resampler import convert_resampler
+
+if TYPE_CHECKING:
+    from .lvdm import Family
+
+I2V_BUILDERS = {"image_encoder": OpenCLIPImageEncoder.from_config, "image_projector": Resampler.from_config}
+
+
+def convert_i2v_components(sd: Mapping[str, torch.Tensor], family: Family) -> dict[str, ConvertedComponent]:
+    out = {}
+    for name, prefix, convert in (
+        ("image_encoder", "embedder.", convert_image_encoder),
+        ("image_projector", "image_proj_model.", lambda part: convert_resampler(part, flavour=family.flavour)),
+    ):
+        part = strip_prefix(sd, prefix)
+        if not part:
+            raise ConversionError(f"{family.name} checkpoints hold '{prefix}*' weights; none found (truncated?)")
+        try:
+            out[name] = convert(part)
+        except ConversionError as err:
+            raise ConversionError(f"{name} ({prefix}*): {err}") from None
+    return out
