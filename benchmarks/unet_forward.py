@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 
 from vidiff.conversion.unet import unet_config_from_official
 from vidiff.models.unet3d import UNet3DModel
-from vidiff.utils.flops import count_flops, measure_matmul_peak, peak_memory, time_function
+from vidiff.utils.flops import FlopCount, count_flops, measure_matmul_peak, peak_memory, time_function
 from vidiff.utils.io import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,14 +78,29 @@ def tiny_setup() -> tuple[dict, tuple[int, int, int], tuple[int, int]]:
     return kwargs, (t, h, w), (n_tokens, dim)
 
 
-def build_model(name: str, device: torch.device) -> tuple[UNet3DModel, tuple[int, int, int], tuple[int, int]]:
-    if name == "tiny":
-        kwargs, latent, context = tiny_setup()
-    else:
-        kwargs, latent, context = FULL_VC2_KWARGS, FULL_LATENT, FULL_CONTEXT
+def setup(name: str) -> tuple[dict, tuple[int, int, int], tuple[int, int]]:
+    """Official kwargs, latent (t, h, w) and context (tokens, width) of a benchmark config."""
+    return tiny_setup() if name == "tiny" else (FULL_VC2_KWARGS, FULL_LATENT, FULL_CONTEXT)
+
+
+def build_model(kwargs: dict, device: torch.device | str) -> UNet3DModel:
+    """Seeded random weights: speed does not depend on the values."""
     torch.manual_seed(0)
-    model = UNet3DModel(**unet_config_from_official(kwargs, flavour="vc")).eval().requires_grad_(False)
-    return model.to(device), latent, context
+    with torch.device(device):
+        model = UNet3DModel(**unet_config_from_official(kwargs, flavour="vc"))
+    return model.eval().requires_grad_(False)
+
+
+def forward_flops(kwargs: dict, batch: int, latent, context) -> FlopCount:
+    """FLOPs of one forward, counted on the meta device: no memory, no arithmetic, same op sequence.
+
+    (On the meta device SDPA runs its math fallback, whose two batched matmuls are counted with exactly the FLOPs of the
+    fused kernel; on the tiny config the meta and real counts agree to the FLOP.)
+    """
+    model = build_model(kwargs, "meta")
+    inputs = [t.to("meta") for t in make_inputs(batch, model.config.in_channels, latent, context, "cpu", torch.float32)]
+    flops, _ = count_flops(forward_fn(model, inputs, None, torch.device("meta")))
+    return flops
 
 
 def make_inputs(batch: int, in_channels: int, latent, context, device, dtype) -> tuple[torch.Tensor, ...]:
@@ -122,13 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtypes", default="fp32,bf16", help=f"comma list of: {', '.join(DTYPES)}")
     p.add_argument("--batches", default="1,2", help="comma list of batch sizes (2 = one classifier-free-guidance step)")
     p.add_argument("--repeats", type=int, default=None, help="timed forwards per row (default: tiny 10, full 1)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed forwards after the FLOP-counting one (default: tiny 2, full 0)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed forwards before the timed ones (default: tiny 2, full 0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--peak-n", type=int, default=None, help="matmul size for the peak (default 2048 cpu, 8192 cuda)")
     p.add_argument("--peak-seconds", type=float, default=2.0, help="seconds per matmul-peak measurement")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
+    diffusers_logging.set_verbosity_error()  # ModelMixin.to() warns about dtype casts, which is what we want here
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -164,9 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     print(fmt_row(HEADER, WIDTHS), flush=True)
     for config in configs:
-        model, latent, context = build_model(config, device)
+        kwargs, latent, context = setup(config)
+        model = build_model(kwargs, device)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"# {config}: {n_params / 1e6:.2f} M parameters, latent t×h×w = {'×'.join(map(str, latent))}", flush=True)
+        flops_of: dict[int, FlopCount] = {}
         repeats = args.repeats or DEFAULT_REPEATS[config]
         warmup = DEFAULT_WARMUP[config] if args.warmup is None else args.warmup
         for dtype_name in dtypes:
@@ -175,17 +194,16 @@ def main(argv: list[str] | None = None) -> None:
             weight_dtype = torch.float32 if autocast else dtype
             if next(model.parameters()).dtype != weight_dtype:
                 if weight_dtype == torch.float32:
-                    model, latent, context = build_model(config, device)  # rebuild rather than upcast rounded weights
+                    model = build_model(kwargs, device)  # rebuild rather than upcast rounded weights
                 else:
                     model = model.to(weight_dtype)
             for batch in batches:
                 inputs = make_inputs(batch, model.config.in_channels, latent, context, device, weight_dtype)
                 fn = forward_fn(model, inputs, autocast, device)
+                if batch not in flops_of:
+                    flops_of[batch] = forward_flops(kwargs, batch, latent, context)
+                flops = flops_of[batch]
                 with peak_memory(device) as mem:
-                    flops, out = count_flops(fn)  # doubles as the first warm-up
-                    if not torch.isfinite(out).all():
-                        print(f"warning: {config} {dtype_name} produced non-finite outputs", flush=True)
-                    del out
                     timing = time_function(fn, repeats=repeats, warmup=warmup, device=device)
                 seconds = timing.median
                 label = str(dtype).removeprefix("torch.")

@@ -40,7 +40,7 @@ __all__ = [
 # centroid at the object position) is a little smaller than equal-area so its wide base does not dominate the layout.
 SQUARE_HALF_SIDE = math.sqrt(math.pi) / 2
 TRIANGLE_CIRCUMRADIUS = 1.4
-_SUPERSAMPLE = 8  # per axis, for triangle corner pixels
+_QUADRATURE = 8  # midpoint-rule points across an edge pixel where a chord is integrated
 _HALF_DIAGONAL = math.sqrt(0.5)
 
 
@@ -219,13 +219,27 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
 
 
 def _circle(pos: np.ndarray, radius: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    # Coverage from the distance to the centre with a one-pixel ramp: radially symmetric and translation-equivariant
-    # (a moved circle is the same image moved). The ramp adds pi/12 px² of area whatever the radius, so the ramp is
-    # centred on sqrt(r² - 1/12) to keep the total coverage equal to the exact area pi r².
-    dx = xs - pos[:, 0, None]
-    dy = ys - pos[:, 1, None]
+    # Pixels wholly inside or outside the disk are 1 or 0. For the ring of edge pixels the area is integrated along
+    # the axis pointing away from the centre: the chord across the pixel is exact, only its 8-point average over the
+    # other axis is approximate (error ~2e-3 of a pixel, total area within ~3e-4 even at radius 2.4).
+    dx = xs - pos[:, 0, None]  # (T, W)
+    dy = ys - pos[:, 1, None]  # (T, H)
     dist = np.sqrt((dy * dy)[:, :, None] + (dx * dx)[:, None, :])
-    return np.clip(np.float32(math.sqrt(radius**2 - 1 / 12) + 0.5) - dist, 0.0, 1.0, out=dist)
+    cov = (dist <= radius - _HALF_DIAGONAL).astype(np.float32)
+    t_idx, y_idx, x_idx = np.nonzero(np.abs(dist - np.float32(radius)) < _HALF_DIAGONAL)
+    if t_idx.size:
+        px, py = dx[t_idx, x_idx], dy[t_idx, y_idx]
+        across = np.abs(px) >= np.abs(py)  # edge runs mostly vertically: integrate over rows
+        along = np.where(across, py, px)[:, None] + _subsamples()[None, :]  # (N, K)
+        chord_pos = np.where(across, px, py)[:, None]
+        half_chord = np.sqrt(np.maximum(np.float32(radius**2) - along * along, 0.0))
+        inside = np.minimum(chord_pos + 0.5, half_chord) - np.maximum(chord_pos - 0.5, -half_chord)
+        cov[t_idx, y_idx, x_idx] = np.clip(inside, 0.0, 1.0).mean(axis=1)
+    return cov
+
+
+def _subsamples() -> np.ndarray:
+    return ((np.arange(_QUADRATURE) + 0.5) / _QUADRATURE - 0.5).astype(np.float32)
 
 
 def _interval_overlap(centres: np.ndarray, half: float, grid: np.ndarray) -> np.ndarray:
@@ -268,7 +282,7 @@ def _half_plane_coverage(signed_dist: np.ndarray, normal: np.ndarray) -> np.ndar
 
 def _triangle(pos: np.ndarray, radius: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     # Away from the corners a pixel meets at most one edge, where the coverage is the exact area cut by that edge
-    # (the other two factors are 1). The few pixels near two edges (the corners) are supersampled 8x8 instead.
+    # (the other two factors are 1). The few pixels near two edges (the corners) are integrated column-wise instead.
     normals, offsets = _triangle_edges(radius)
     dx = xs - pos[:, 0, None]  # (T, W)
     dy = ys - pos[:, 1, None]  # (T, H)
@@ -282,14 +296,13 @@ def _triangle(pos: np.ndarray, radius: float, xs: np.ndarray, ys: np.ndarray) ->
         near_edges = near.astype(np.int8) if near_edges is None else near_edges + near
     t_idx, y_idx, x_idx = np.nonzero((near_edges >= 2) & (cov > 0))
     if t_idx.size:
-        sub = ((np.arange(_SUPERSAMPLE) + 0.5) / _SUPERSAMPLE - 0.5).astype(np.float32)
-        sx = dx[t_idx, x_idx][:, None, None] + sub[None, None, :]  # (N, 1, K)
-        sy = dy[t_idx, y_idx][:, None, None] + sub[None, :, None]  # (N, K, 1)
-        inside = None
-        for n, off in zip(normals, offsets):
-            edge = (np.float32(n[0]) * sx + np.float32(n[1]) * sy) <= np.float32(off)
-            inside = edge if inside is None else np.logical_and(inside, edge, out=inside)
-        cov[t_idx, y_idx, x_idx] = np.count_nonzero(inside.reshape(t_idx.size, -1), axis=1) / _SUPERSAMPLE**2
+        # Corner pixels: the vertical chord at abscissa u spans [-R + sqrt(3)|u|, R/2] (exact), averaged over 8 u's.
+        big_r = np.float32(TRIANGLE_CIRCUMRADIUS * radius)
+        u = dx[t_idx, x_idx][:, None] + _subsamples()[None, :]  # (N, K)
+        v = dy[t_idx, y_idx][:, None]
+        top = np.float32(math.sqrt(3)) * np.abs(u) - big_r
+        inside = np.minimum(v + 0.5, big_r / 2) - np.maximum(v - 0.5, top)
+        cov[t_idx, y_idx, x_idx] = np.clip(inside, 0.0, 1.0).mean(axis=1)
     return cov
 
 

@@ -15,13 +15,19 @@ from torch import nn
 
 TEXT_CONTEXT_LEN = 77
 
-# Below this many keys the explicit matmul path is faster than SDPA on CPU (measured in benchmarks/attention_kernels.py).
-SDPA_MIN_KEYS = 32
+# On CPU in bf16, short key sequences (16-frame temporal attention, 77-token text cross-attention) run faster as an
+# explicit matmul-softmax-matmul than through SDPA, by 2-4x in backward; in fp32 and for long sequences SDPA wins.
+# Measured with benchmarks/attention_kernels.py (see benchmarks/README.md).
+CPU_BF16_MATH_MAX_KEYS = 128
+
+
+def _use_sdpa(q: torch.Tensor, num_keys: int) -> bool:
+    return q.device.type != "cpu" or q.dtype != torch.bfloat16 or num_keys > CPU_BF16_MATH_MAX_KEYS
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool = False) -> torch.Tensor:
     """softmax(q kᵀ · scale) v over (batch, heads, tokens, dim) tensors, with the faster kernel for the shape."""
-    if k.shape[-2] >= SDPA_MIN_KEYS or q.device.type != "cpu":
+    if _use_sdpa(q, k.shape[-2]):
         return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=causal)
     sim = torch.matmul(q, k.transpose(-1, -2)) * scale
     if causal:

@@ -53,6 +53,8 @@ class OpenCLIPTextEncoder(nn.Module):
         if layer == "penultimate" and layers < 2:
             raise ValueError("layer='penultimate' needs at least 2 residual blocks")
         mlp_width = 4 * width if mlp_width is None else mlp_width
+        if not isinstance(mlp_width, int) or mlp_width < 1:
+            raise ValueError(f"mlp_width must be a positive int, got {mlp_width!r}")
         self.config = {
             "vocab_size": vocab_size,
             "context_length": context_length,
@@ -75,8 +77,8 @@ class OpenCLIPTextEncoder(nn.Module):
             pad_token_id=0,
             bos_token_id=vocab_size - 2,
             eos_token_id=vocab_size - 1,
+            attn_implementation="sdpa",
         )
-        clip_config._attn_implementation = "sdpa"
         self.clip = CLIPTextModel(clip_config)
 
     @classmethod
