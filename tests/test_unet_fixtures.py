@@ -75,3 +75,20 @@ def test_unet_inferred_config_matches_official_kwargs(folder, variant):
         told, inferred = dict(UNet3DModel.from_config(told).config), dict(UNet3DModel.from_config(inferred).config)
     skip = {"dropout", "_use_default_values"} | (set() if told["use_relative_position"] else {"temporal_length"})
     assert {k: v for k, v in inferred.items() if k not in skip} == {k: v for k, v in told.items() if k not in skip}
+
+
+@pytest.mark.parametrize("folder", [p.values[0] for p in params("vc_unet")][:1] or [None])
+def test_unet_bf16_close_to_official(folder):
+    """bf16 weights and activations (GroupNorms in fp32) stay close to the fp32 reference."""
+    if folder is None:
+        pytest.skip("no vc_unet fixtures")
+    cfg = load_config(folder)
+    variant = next(iter(cfg["variants"]))
+    case = cfg["variants"][variant]["cases"][0]
+    model = build_variant(folder, variant).to(torch.bfloat16)
+    inputs = load_tensors(folder / "inputs.safetensors")
+    expected = load_tensors(folder / "expected.safetensors")[f"{variant}.{case}.out"]
+    with torch.no_grad():
+        out = model(**_call_inputs(inputs, case, "vc"))
+    assert out.dtype == torch.float32  # output follows the input dtype
+    assert rel_err(out, expected) < 3e-2

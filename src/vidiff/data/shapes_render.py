@@ -221,7 +221,7 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
 def _circle(pos: np.ndarray, radius: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     # Pixels wholly inside or outside the disk are 1 or 0. For the ring of edge pixels the area is integrated along
     # the axis pointing away from the centre: the chord across the pixel is exact, only its 8-point average over the
-    # other axis is approximate (error ~2e-3 of a pixel, total area within ~3e-4 even at radius 2.4).
+    # other axis is approximate (per-pixel error ~2e-3, total area within ~3e-4 even at radius 2.4).
     dx = xs - pos[:, 0, None]  # (T, W)
     dy = ys - pos[:, 1, None]  # (T, H)
     dist = np.sqrt((dy * dy)[:, :, None] + (dx * dx)[:, None, :])
