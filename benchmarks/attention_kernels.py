@@ -63,8 +63,8 @@ def main() -> None:
                 q, k, v = (x.requires_grad_() for x in (q, k, v))
             res = {}
             for kname, fn in (("math", math_attention), ("sdpa", sdpa)):
-                def run(fn=fn):
-                    out = fn(q, k, v, d**-0.5)
+                def run(fn=fn, q=q, k=k, v=v, scale=d**-0.5):
+                    out = fn(q, k, v, scale)
                     if args.backward:
                         out.float().sum().backward()
                     return out

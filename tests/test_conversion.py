@@ -10,7 +10,7 @@ import pytest
 import torch
 from lvdm_fixtures import load_manifest, manifests
 from safetensors.torch import save_file
-from tiny_checkpoint import UNET_HEAD_CHANNELS, TEXT_HEADS, tiny_state_dict
+from tiny_checkpoint import TEXT_HEADS, UNET_HEAD_CHANNELS, tiny_state_dict
 
 from vidiff.cli import main as cli_main
 from vidiff.conversion.common import ConversionError
