@@ -22,7 +22,6 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,11 +29,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vidiff.data.csv_datasets import collate_video_batch
+from vidiff.utils.io import atomic_save_safetensors, atomic_write_json
 
 CACHE_FORMAT = "vidiff-latent-cache"
 CACHE_VERSION = 1
@@ -47,30 +46,6 @@ class LatentCacheError(ValueError):
 
 def _shard_name(k: int) -> str:
     return f"shard-{k:05d}.safetensors"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _shard_is_complete(path: Path, first: int, count: int, dataset_len: int, with_text: bool) -> bool:
@@ -136,7 +111,8 @@ def build_latent_cache(
         for old in out.glob("shard-*.safetensors"):
             old.unlink()
 
-    for pattern in (".shard-*.tmp", f".{MANIFEST_NAME}.*.tmp"):  # temporaries of a build killed mid-write
+    # Temporaries of a build killed mid-write (vidiff.utils.io names them ".<name>.<random>.tmp<suffix>").
+    for pattern in (".shard-*.tmp*", f".{MANIFEST_NAME}.*.tmp*"):
         for stale in out.glob(pattern):
             stale.unlink()
     with_text = encode_fn_text is not None
@@ -208,7 +184,7 @@ def build_latent_cache(
         "source": type(dataset).__name__,
         "skipped_while_building": int(skipped) if isinstance(skipped, int) else None,
     }
-    _atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+    atomic_write_json(manifest_path, manifest, indent=1)
     return manifest_path
 
 
@@ -228,7 +204,7 @@ def _write_shard(
                 continue
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
-            tensors[f"{j}.{key}"] = value.contiguous()
+            tensors[f"{j}.{key}"] = value
     tensors["fps"] = torch.tensor([s["fps"] for s in samples], dtype=torch.float64)
     tensors["frame_stride"] = torch.tensor([s["frame_stride"] for s in samples], dtype=torch.int64)
     tensors["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.int64)
@@ -242,7 +218,7 @@ def _write_shard(
         "captions": json.dumps([s["caption"] for s in samples], ensure_ascii=False),
         "paths": json.dumps([s["path"] for s in samples], ensure_ascii=False),
     }
-    _atomic_save_safetensors(tensors, metadata, path)
+    atomic_save_safetensors(tensors, path, metadata=metadata)
 
 
 class LatentCacheDataset(Dataset):

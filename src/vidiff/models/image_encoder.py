@@ -8,25 +8,18 @@ mean/std normalisation; we run it in float32 whatever the model dtype, so bf16 o
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import kornia
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from vidiff.utils.io import atomic_save_safetensors, atomic_write_json
+from vidiff.models.persistence import SafetensorsPersistence
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class OpenCLIPImageEncoder(nn.Module):
+class OpenCLIPImageEncoder(SafetensorsPersistence, nn.Module):
     """Images in [-1, 1] (b, 3, H, W) -> CLIP tokens (b, 1 + (image_size / patch_size)², width).
 
     Defaults are OpenCLIP ViT-H/14 (every released VideoCrafter i2v / DynamiCrafter checkpoint): 224 px, patch 14,
@@ -79,16 +72,9 @@ class OpenCLIPImageEncoder(nn.Module):
         # ln_post is never applied by the official embedder; an identity keeps HF's pooled output harmless and leaves
         # no dead parameters in our state dict.
         self.clip.post_layernorm = nn.Identity()
-        # position_ids is a non-persistent buffer: after a meta build + assign-load it would stay on meta.
+        # position_ids is a non-persistent buffer that forward reads: after a meta build + assign-load it would stay on
+        # meta. A load_state_dict hook (not just SafetensorsPersistence._after_assign_load) also covers direct loads.
         self.register_load_state_dict_post_hook(_restore_position_ids)
-
-    @classmethod
-    def from_config(cls, config: dict) -> OpenCLIPImageEncoder:
-        """Build (randomly initialised) from a config dict such as ``ConvertedComponent.config``."""
-        unknown = set(config) - set(_CONFIG_KEYS)
-        if unknown:
-            raise ValueError(f"unknown image encoder config keys: {sorted(unknown)} (known: {sorted(_CONFIG_KEYS)})")
-        return cls(**config)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -138,46 +124,6 @@ class OpenCLIPImageEncoder(nn.Module):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         return self(torch.zeros(batch, 3, height, width, device=self.device))
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """config.json + model.safetensors; each file is written atomically."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_save_safetensors({k: v.detach() for k, v in self.state_dict().items()}, folder / WEIGHTS_NAME,
-                                metadata={"format": "pt"})
-        atomic_write_json(folder / CONFIG_NAME, {"_class_name": type(self).__name__, **self.config})
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> OpenCLIPImageEncoder:
-        """Load what save_pretrained wrote, without a random initialisation pass (built on meta, weights assigned)."""
-        folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} not found (is {folder} a saved {cls.__name__}?)")
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON: {err}") from err
-        if not isinstance(config, dict):
-            raise ValueError(f"{config_path} does not hold a config object")
-        class_name = config.pop("_class_name", cls.__name__)
-        if class_name != cls.__name__:
-            raise ValueError(f"{config_path} describes a {class_name}, not an {cls.__name__}")
-        with torch.device("meta"):
-            model = cls.from_config(config)
-        state = load_file(str(weights_path))
-        if torch_dtype is not None:
-            state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as err:
-            raise ValueError(f"{weights_path} does not match {config_path}: {err}") from err
-        return model.eval()
-
-
-_CONFIG_KEYS = ("image_size", "patch_size", "width", "layers", "heads", "mlp_width")
 
 
 def _restore_position_ids(module: OpenCLIPImageEncoder, incompatible_keys: object) -> None:

@@ -13,17 +13,11 @@ Module and parameter names follow the official code, so a checkpoint converts wi
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidiff.utils.io import atomic_save_safetensors, atomic_write_json
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from vidiff.models.persistence import SafetensorsPersistence
 
 
 class PerceiverAttention(nn.Module):
@@ -64,7 +58,7 @@ def feed_forward(dim: int, mult: float) -> nn.Sequential:
     )
 
 
-class Resampler(nn.Module):
+class Resampler(SafetensorsPersistence, nn.Module):
     """CLIP tokens (b, n, embedding_dim) -> image context tokens (b, num_queries · (video_length or 1), output_dim).
 
     ``video_length=None`` is the VideoCrafter variant (shared tokens); an int is DynamiCrafter's per-frame variant.
@@ -113,14 +107,6 @@ class Resampler(nn.Module):
             nn.ModuleList([PerceiverAttention(dim, dim_head, heads), feed_forward(dim, ff_mult)]) for _ in range(depth)
         )
 
-    @classmethod
-    def from_config(cls, config: dict) -> Resampler:
-        """Build (randomly initialised) from a config dict such as ``ConvertedComponent.config``."""
-        unknown = set(config) - set(_CONFIG_KEYS)
-        if unknown:
-            raise ValueError(f"unknown resampler config keys: {sorted(unknown)} (known: {sorted(_CONFIG_KEYS)})")
-        return cls(**config)
-
     @property
     def per_frame(self) -> bool:
         """True for the DynamiCrafter variant, whose output holds ``num_queries`` tokens for each frame."""
@@ -150,56 +136,3 @@ class Resampler(nn.Module):
             latents = attn(x, latents) + latents
             latents = ff(latents) + latents
         return self.norm_out(self.proj_out(latents))
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """config.json + model.safetensors; each file is written atomically."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_save_safetensors({k: v.detach() for k, v in self.state_dict().items()}, folder / WEIGHTS_NAME,
-                                metadata={"format": "pt"})
-        atomic_write_json(folder / CONFIG_NAME, {"_class_name": type(self).__name__, **self.config})
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> Resampler:
-        """Load what save_pretrained wrote, without a random initialisation pass (built on meta, weights assigned)."""
-        config, state = _read_saved(folder, cls.__name__, torch_dtype)
-        with torch.device("meta"):
-            model = cls.from_config(config)
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as err:
-            raise ValueError(f"{Path(folder) / WEIGHTS_NAME} does not match its config.json: {err}") from err
-        return model.eval()
-
-
-_CONFIG_KEYS = ("dim", "depth", "dim_head", "heads", "num_queries", "embedding_dim", "output_dim", "ff_mult",
-                "video_length")
-
-
-def _read_saved(
-    folder: str | os.PathLike, class_name: str, torch_dtype: torch.dtype | None
-) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config without _class_name, state dict) of a save_pretrained folder, with clear errors for bad folders."""
-    import json
-
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (is {folder} a saved {class_name}?)")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path} does not hold a config object")
-    saved_class = config.pop("_class_name", class_name)
-    if saved_class != class_name:
-        raise ValueError(f"{config_path} describes a {saved_class}, not a {class_name}")
-    state = load_file(str(weights_path))
-    if torch_dtype is not None:
-        state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
-    return config, state

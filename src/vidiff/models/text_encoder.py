@@ -7,25 +7,20 @@ token and are part of the UNet's cross-attention context). ``text_projection`` a
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from vidiff.models.persistence import SafetensorsPersistence
+
 LAYERS = ("penultimate", "last")
 
 LayerChoice = Literal["penultimate", "last"]
 
 
-class OpenCLIPTextEncoder(nn.Module):
+class OpenCLIPTextEncoder(SafetensorsPersistence, nn.Module):
     """``FrozenOpenCLIPEmbedder`` numerics: tokens (b, L) int64 -> states (b, L, width).
 
     Defaults are OpenCLIP ViT-H-14's text tower (the one every released VideoCrafter/DynamiCrafter checkpoint holds).
@@ -81,14 +76,6 @@ class OpenCLIPTextEncoder(nn.Module):
         )
         self.clip = CLIPTextModel(clip_config)
 
-    @classmethod
-    def from_config(cls, config: dict) -> OpenCLIPTextEncoder:
-        """Build (randomly initialised) from a config dict such as ``ConvertedComponent.config``."""
-        unknown = set(config) - set(_CONFIG_KEYS)
-        if unknown:
-            raise ValueError(f"unknown text encoder config keys: {sorted(unknown)} (known: {sorted(_CONFIG_KEYS)})")
-        return cls(**config)
-
     @property
     def dtype(self) -> torch.dtype:
         return self.clip.embeddings.token_embedding.weight.dtype
@@ -133,55 +120,7 @@ class OpenCLIPTextEncoder(nn.Module):
         return tokens.to(device=self.device, dtype=torch.long)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """config.json + model.safetensors; each file is written atomically."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={"format": "pt"})
-            os.replace(tmp, folder / WEIGHTS_NAME)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        config = {"_class_name": type(self).__name__, **self.config}
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CONFIG_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(config, indent=2) + "\n")
-            os.replace(tmp, folder / CONFIG_NAME)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> OpenCLIPTextEncoder:
-        """Load what save_pretrained wrote, without a random initialisation pass (built on meta, weights assigned)."""
-        folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} not found (is {folder} a saved {cls.__name__}?)")
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON: {err}") from err
-        class_name = config.pop("_class_name", cls.__name__)
-        if class_name != cls.__name__:
-            raise ValueError(f"{config_path} describes a {class_name}, not an {cls.__name__}")
-        with torch.device("meta"):
-            model = cls.from_config(config)
-        state = load_file(str(weights_path))
-        if torch_dtype is not None:
-            state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as err:
-            raise ValueError(f"{weights_path} does not match {config_path}: {err}") from err
-        model.clip.embeddings.position_ids = torch.arange(config.get("context_length", 77)).unsqueeze(0)
-        return model.eval()
-
-
-_CONFIG_KEYS = ("vocab_size", "context_length", "width", "layers", "heads", "mlp_width", "layer")
+    def _after_assign_load(self) -> None:
+        """HF's non-persistent position ids stay on meta after an assign-load; forward never reads them, but a
+        module with meta tensors cannot be moved with ``.to()``."""
+        self.clip.embeddings.position_ids = torch.arange(self.config["context_length"]).unsqueeze(0)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import gzip
 import html
-import json
 import os
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import ftfy
 import regex
 import torch
+
+from vidiff.models.persistence import read_json_config
+from vidiff.utils.io import atomic_write_json, atomic_write_with
 
 SOT_TEXT = "<start_of_text>"
 EOT_TEXT = "<end_of_text>"
@@ -173,51 +174,23 @@ class OpenCLIPTokenizer:
         vocab_file = None
         if self.vocab_path.resolve() != default_vocab_path().resolve():
             vocab_file = self.vocab_path.name
-            _atomic_copy(self.vocab_path, folder / vocab_file)
+            atomic_write_with(folder / vocab_file, lambda tmp: shutil.copyfile(self.vocab_path, tmp))
         config = {
             "tokenizer_class": type(self).__name__,
             "context_length": self.context_length,
             "vocab_file": vocab_file,
         }
-        _atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        atomic_write_json(folder / CONFIG_NAME, config)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> OpenCLIPTokenizer:
         """Load what save_pretrained wrote; a missing vocab_file means the packaged vocabulary."""
         folder = Path(folder)
         path = folder / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        if not isinstance(config, dict) or config.get("tokenizer_class") != cls.__name__:
+        config = read_json_config(path, cls.__name__)
+        if config.get("tokenizer_class") != cls.__name__:
             raise ValueError(f"{path} does not describe an {cls.__name__}")
         vocab_file = config.get("vocab_file")
         vocab_path = folder / vocab_file if vocab_file else None
         return cls(vocab_path=vocab_path, context_length=config.get("context_length", 77))
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

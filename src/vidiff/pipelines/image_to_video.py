@@ -1,0 +1,446 @@
+"""Image-to-video generation with DynamiCrafter ("dc") and VideoCrafter1 i2v ("vc") model folders.
+
+The conditioning follows the official inference scripts (see ``official-lvdm-architecture.md`` §7):
+
+* **vc**: the image is stretched to H×W; context = text ⧺ projector(CLIP(image)) (16 tokens shared by all frames);
+  the unconditional branch uses text("") ⧺ projector(CLIP(all-zero 224×224 image)).
+* **dc**: the image is short-side resized and centre-cropped to H×W; context = text ⧺ projector(CLIP(image)) (16 tokens
+  per frame). The U-Net also sees the image itself: ``c_concat`` = VAE posterior *sample* × scale factor of the image,
+  repeated over the frames (interpolation/looping: zeros except the first and last frame), concatenated to the noisy
+  latent on channels. The unconditional branch keeps the same ``c_concat`` and uses text("") ⧺ projector(CLIP(zeros)).
+  With ``image_guidance_scale`` the three-pass multi-condition guidance of DynamiCrafter is used.
+
+The per-step model call and guidance live in :func:`unet_model_fn` and :func:`image_guided_denoiser`, shared by the
+pipeline and the reference-fixture tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..diffusion.guidance import guided_denoiser, multi_condition_guidance, rescale_guidance
+from ..diffusion.sampling import Denoiser, sample_ddim
+from ..diffusion.schedule import NoiseSchedule
+from ..models.autoencoder import decode_video, encode_video, latent_channels_of, spatial_factor_of
+from ..models.tokenizer import OpenCLIPTokenizer
+from .image_io import ImageInput, resize_exact, resize_short_side_center_crop
+from .text_to_video import OUTPUT_TYPES, PipelineError, VideoPipelineOutput, _as_list, load_component, read_model_index
+
+__all__ = [
+    "FLAVOURS",
+    "ImageToVideoPipeline",
+    "concat_condition",
+    "image_guided_denoiser",
+    "unet_model_fn",
+]
+
+FLAVOURS = ("vc", "dc")
+CLASS_NAME = "ImageToVideoPipeline"
+FRAME_STRIDE_FAMILIES = ("dc_256",)  # their fps/fs input is a frame stride, not frames per second
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# per-step model call and guidance (shared with the fixture tests)
+
+
+def unet_model_fn(unet: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """``model(x, t, context, fps, c_concat=None)`` around a U-Net, in the U-Net's dtype, returning float32.
+
+    DynamiCrafter is a "hybrid" model: the image latent ``c_concat`` is concatenated after the noisy latent on channels.
+    """
+    dtype = next(unet.parameters()).dtype
+
+    def model(
+        x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, fps: torch.Tensor | int | None,
+        c_concat: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if c_concat is not None:
+            x = torch.cat([x, c_concat.to(device=x.device, dtype=x.dtype)], dim=1)
+        return unet(x.to(dtype), t, context=context.to(dtype), fps=fps).float()
+
+    return model
+
+
+def _stack_kwargs(branches: Sequence[Mapping[str, Any]], batch: int) -> dict[str, Any]:
+    """Merge the kwargs of several guidance branches into one batch (branch-major); non-tensors must agree."""
+    keys = set(branches[0])
+    if any(set(br) != keys for br in branches[1:]):
+        raise ValueError(f"guidance branches must have the same keyword arguments, got {[sorted(br) for br in branches]}")
+    merged: dict[str, Any] = {}
+    for key in branches[0]:
+        values = [br[key] for br in branches]
+        if all(isinstance(v, torch.Tensor) for v in values):
+            if any(v.ndim == 0 or v.shape[0] != batch for v in values):
+                raise ValueError(f"kwarg {key!r}: every branch needs batch size {batch} in dim 0 to be batched")
+            merged[key] = torch.cat(values, dim=0)
+        elif any(isinstance(v, torch.Tensor) for v in values):
+            raise ValueError(f"kwarg {key!r} is a tensor in some guidance branches only; cannot batch them")
+        elif any(v != values[0] for v in values[1:]):
+            raise ValueError(f"kwarg {key!r} differs between guidance branches and is not a tensor")
+        else:
+            merged[key] = values[0]
+    return merged
+
+
+def image_guided_denoiser(
+    model: Callable[..., torch.Tensor],
+    cond: Mapping[str, Any],
+    uncond: Mapping[str, Any] | None,
+    guidance_scale: float,
+    *,
+    image_guidance_scale: float | None = None,
+    no_text: Mapping[str, Any] | None = None,
+    guidance_rescale: float = 0.0,
+    batch: bool = True,
+) -> Denoiser:
+    """``denoise(x, t)`` with ordinary CFG, or DynamiCrafter's multi-condition CFG when ``image_guidance_scale`` is set.
+
+    Multi-condition: e_u (``uncond``: no text, zero image) + img·(e_ui − e_u) + txt·(e_c − e_ui), where e_ui uses
+    ``no_text`` (no text, the real image). Guidance rescale then uses e_c as reference, as the official sampler.
+    ``batch=False`` runs the branches as separate passes in the official order (cond, uncond, no_text);
+    ``batch=True`` runs them as one batch. A scale of 1 or no ``uncond`` runs the conditional pass only.
+    """
+    if image_guidance_scale is None or uncond is None or guidance_scale == 1.0:
+        return guided_denoiser(model, cond, uncond, guidance_scale, guidance_rescale, batch=batch)
+    for name, value in (("guidance scale", guidance_scale), ("image guidance scale", image_guidance_scale)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, int | float) \
+            or not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance rescale must be a number in [0, 1], got {guidance_rescale!r}")
+    if not callable(model):
+        raise ValueError("model must be callable as model(x, t, **kwargs)")
+    if no_text is None:
+        raise ValueError("multi-condition guidance needs the image-only branch (no_text: no text, the real image)")
+    branches = (dict(cond), dict(uncond), dict(no_text))
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if batch:
+            out = model(torch.cat([x] * 3), torch.cat([t] * 3), **_stack_kwargs(branches, x.shape[0]))
+            e_c, e_u, e_ui = out.chunk(3, dim=0)
+        else:
+            e_c, e_u, e_ui = (model(x, t, **kw) for kw in branches)
+        guided = multi_condition_guidance(e_c, e_ui, e_u, guidance_scale, image_guidance_scale)
+        if guidance_rescale > 0.0:
+            guided = rescale_guidance(guided, e_c, guidance_rescale)
+        return guided
+
+    return denoise
+
+
+def concat_condition(first: torch.Tensor, num_frames: int, last: torch.Tensor | None = None) -> torch.Tensor:
+    """DynamiCrafter's ``c_concat`` (b, c, t, h, w) from image latents (b, c, h, w) or (b, c, 1, h, w).
+
+    Without ``last``: the first image's latent on every frame. With ``last`` (interpolation; looping passes the first
+    image again): zeros except frame 0 (``first``) and frame t−1 (``last``).
+    """
+    def frame(z: torch.Tensor, what: str) -> torch.Tensor:
+        if z.ndim == 5:
+            z = z[:, :, 0]
+        if z.ndim != 4:
+            raise ValueError(f"{what} latent must be (b, c, h, w) or (b, c, 1, h, w), got {tuple(z.shape)}")
+        return z
+
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    z0 = frame(first, "first")
+    if last is None:
+        return z0.unsqueeze(2).expand(-1, -1, num_frames, -1, -1).contiguous()
+    z1 = frame(last, "last")
+    if z1.shape != z0.shape:
+        raise ValueError(f"first {tuple(z0.shape)} and last {tuple(z1.shape)} latents differ in shape")
+    if num_frames < 2:
+        raise ValueError("interpolation and looping need at least 2 frames (the first and the last are given)")
+    out = torch.zeros(z0.shape[0], z0.shape[1], num_frames, *z0.shape[2:], dtype=z0.dtype, device=z0.device)
+    out[:, :, 0] = z0
+    out[:, :, -1] = z1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _load_module(folder: Path, name: str, cls: type, torch_dtype: torch.dtype | None) -> torch.nn.Module:
+    sub = folder / name
+    if not sub.is_dir():
+        raise PipelineError(f"model folder {folder} lacks its {name}/ component (is it an image-to-video model?)")
+    try:
+        return cls.from_pretrained(sub, torch_dtype=torch_dtype).eval()
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise PipelineError(f"cannot load {sub}: {err}") from None
+
+
+def _base_defaults(family: str | None, flavour: str) -> dict:
+    from ..conversion.lvdm import FAMILIES
+
+    fam = FAMILIES.get(family or "") or FAMILIES["vc1_i2v_512" if flavour == "vc" else "dc_512"]
+    return dict(fam.defaults)
+
+
+class ImageToVideoPipeline:
+    """Image (+ optional prompt) → video with a DynamiCrafter or VideoCrafter1-i2v model folder."""
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        text_encoder: torch.nn.Module,
+        tokenizer: OpenCLIPTokenizer,
+        image_encoder: torch.nn.Module,
+        image_projector: torch.nn.Module,
+        schedule: NoiseSchedule,
+        flavour: str,
+        family: str | None = None,
+        defaults: dict | None = None,
+    ):
+        if flavour not in FLAVOURS:
+            raise PipelineError(f"flavour must be one of {FLAVOURS} (VideoCrafter / DynamiCrafter), got {flavour!r}")
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.image_encoder, self.image_projector = image_encoder, image_projector
+        self.schedule, self.flavour, self.family = schedule, flavour, family
+        self.defaults = {**_base_defaults(family, flavour), **(defaults or {})}
+        self._check_compatible()
+
+    def _check_compatible(self) -> None:
+        """Catch a folder whose parts do not fit together before any sampling starts."""
+        cfg = self.unet.config
+        latent = latent_channels_of(self.vae)
+        want_in = 2 * latent if self.flavour == "dc" else latent
+        problems = []
+        if cfg.in_channels != want_in:
+            problems.append(f"the U-Net takes {cfg.in_channels} input channels, a {self.flavour!r} model needs {want_in}")
+        if not cfg.image_cross_attention:
+            problems.append("the U-Net has no image cross-attention")
+        width = self.image_encoder.config["width"]
+        proj = self.image_projector.config
+        if proj["embedding_dim"] != width:
+            problems.append(f"the projector takes {proj['embedding_dim']}-wide tokens, the image encoder gives {width}")
+        if proj["output_dim"] != cfg.context_dim:
+            problems.append(f"the projector gives {proj['output_dim']}-wide tokens, the U-Net context is {cfg.context_dim}")
+        if self.text_encoder.config["width"] != cfg.context_dim:
+            problems.append(f"the text encoder width {self.text_encoder.config['width']} != U-Net context {cfg.context_dim}")
+        if problems:
+            raise PipelineError("incompatible image-to-video components: " + "; ".join(problems))
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    ) -> ImageToVideoPipeline:
+        """Load a model folder written by ``vidiff convert`` from an i2v checkpoint.
+
+        ``torch_dtype`` applies to the U-Net and the encoders; the autoencoder stays in float32.
+        """
+        folder = Path(folder)
+        index = read_model_index(folder)
+        name = index.get("_class_name")
+        if name != CLASS_NAME:
+            hint = " (a text-to-video model: use `vidiff generate`)" if name == "TextToVideoPipeline" else ""
+            raise PipelineError(f"{folder} holds a {name!r} model, not an image-to-video one{hint}")
+        flavour = index.get("flavour")
+        if flavour not in FLAVOURS:
+            raise PipelineError(f"{folder}/model_index.json: flavour must be one of {FLAVOURS}, got {flavour!r}")
+        from ..models.image_encoder import OpenCLIPImageEncoder
+        from ..models.resampler import Resampler
+
+        try:
+            tokenizer = OpenCLIPTokenizer.from_pretrained(folder / "tokenizer")
+            schedule = NoiseSchedule.from_pretrained(folder / "scheduler")
+        except (FileNotFoundError, ValueError, OSError) as err:
+            raise PipelineError(f"cannot load {folder}: {err}") from None
+        pipe = cls(
+            unet=load_component(folder, "unet", torch_dtype),
+            vae=load_component(folder, "vae", None),  # cheap and precision-sensitive: always float32
+            text_encoder=load_component(folder, "text_encoder", torch_dtype),
+            tokenizer=tokenizer,
+            image_encoder=_load_module(folder, "image_encoder", OpenCLIPImageEncoder, torch_dtype),
+            image_projector=_load_module(folder, "image_projector", Resampler, torch_dtype),
+            schedule=schedule,
+            flavour=flavour,
+            family=index.get("family"),
+            defaults=index.get("defaults"),
+        )
+        return pipe.to(device)
+
+    def to(self, device: str | torch.device) -> ImageToVideoPipeline:
+        for module in (self.unet, self.vae, self.text_encoder, self.image_encoder, self.image_projector):
+            module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def fps_is_frame_stride(self) -> bool:
+        """True for DynamiCrafter-256, whose ``fps`` input is the frame stride of its training clips."""
+        return self.family in FRAME_STRIDE_FAMILIES
+
+    # ------------------------------------------------------------------ conditioning
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        return self.text_encoder(self.tokenizer(prompts).to(self.device))
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (b, 3, H, W) in [-1, 1] → image context tokens projector(CLIP tokens)."""
+        return self.image_projector(self.image_encoder(images.to(self.device)))
+
+    @torch.no_grad()
+    def encode_uncond_image(self, height: int, width: int) -> torch.Tensor:
+        """The unconditional image tokens (1, n, d): an all-zero image, 224² for VideoCrafter, H×W for DynamiCrafter."""
+        if self.flavour == "vc":
+            height = width = self.image_encoder.config["image_size"]
+        return self.image_projector(self.image_encoder.encode_uncond(1, height, width))
+
+    def preprocess_image(self, image: ImageInput | Sequence[ImageInput], height: int, width: int) -> torch.Tensor:
+        """Image(s) → (b, 3, H, W) in [-1, 1] with the flavour's official resize rule."""
+        items = list(image) if isinstance(image, list | tuple) else [image]
+        if not items:
+            raise PipelineError("the image list is empty")
+        resize = resize_exact if self.flavour == "vc" else resize_short_side_center_crop
+        return torch.cat([resize(item, height, width) for item in items])
+
+    def _resolve(self, name: str, value):
+        return self.defaults[name] if value is None else value
+
+    def _check_args(self, height, width, num_frames, steps, output_type, loop, last_image) -> None:
+        factor = spatial_factor_of(self.vae)
+        for what, v in (("height", height), ("width", width)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % factor:
+                raise PipelineError(f"{what} must be a positive multiple of {factor} (the autoencoder's factor), got {v!r}")
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise PipelineError(f"num_frames must be a positive integer, got {num_frames!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise PipelineError(f"num_inference_steps must be a positive integer, got {steps!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise PipelineError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if loop and last_image is not None:
+            raise PipelineError("loop and last_image are mutually exclusive: looping ends on the first image itself")
+        if (loop or last_image is not None) and self.flavour != "dc":
+            raise PipelineError("interpolation (last_image) and looping need a DynamiCrafter model; this is VideoCrafter i2v")
+        if (loop or last_image is not None) and num_frames < 2:
+            raise PipelineError(f"interpolation and looping need at least 2 frames, got num_frames={num_frames}")
+
+    @staticmethod
+    def _broadcast(x: torch.Tensor | list, b: int, what: str):
+        n = len(x)
+        if n == b:
+            return x
+        if n != 1:
+            raise PipelineError(f"{n} {what} for a batch of {b}: give one or {b}")
+        return x.expand(b, *x.shape[1:]) if isinstance(x, torch.Tensor) else x * b
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] | None = None,
+        last_image: ImageInput | Sequence[ImageInput] | None = None,
+        loop: bool = False,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
+        guidance_rescale: float | None = None,
+        fps: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        output_type: str = "np",
+        timestep_spacing: str | None = None,
+        latents: torch.Tensor | None = None,
+        decode_chunk_size: int = 1,
+        progress: bool = True,
+        callback: Callable | None = None,
+    ) -> VideoPipelineOutput:
+        """Animate ``image``. ``fps`` is the fps/fs conditioning (a frame stride for DynamiCrafter-256).
+
+        ``last_image`` interpolates towards a second image; ``loop`` makes the video return to the first image (the
+        duplicated closing frame is dropped, so a loop has ``num_frames − 1`` frames). ``image_guidance_scale`` enables
+        DynamiCrafter's multi-condition guidance (None: ordinary CFG). Random draws come from ``generator`` (or a CPU
+        generator seeded with ``seed``) in this order: initial noise, image-latent posterior noise, per-step noise.
+        """
+        num_frames = self._resolve("num_frames", num_frames)
+        height, width = self._resolve("height", height), self._resolve("width", width)
+        steps = self._resolve("num_inference_steps", num_inference_steps)
+        scale = float(self._resolve("guidance_scale", guidance_scale))
+        rescale = float(self._resolve("guidance_rescale", guidance_rescale))
+        fps = self._resolve("fps", fps)
+        eta = float(self._resolve("eta", eta))
+        spacing = self._resolve("timestep_spacing", timestep_spacing)
+        self._check_args(height, width, num_frames, steps, output_type, loop, last_image)
+        if isinstance(fps, bool) or not isinstance(fps, int) or fps < 0:
+            raise PipelineError(f"fps must be a non-negative integer, got {fps!r}")
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(int(seed))
+
+        images = self.preprocess_image(image, height, width)
+        prompts = _as_list(prompt, "prompt")
+        b = max(len(prompts), images.shape[0])
+        images = self._broadcast(images, b, "images")
+        prompts = self._broadcast(prompts, b, "prompts")
+        lasts = None
+        if last_image is not None:
+            lasts = self._broadcast(self.preprocess_image(last_image, height, width), b, "last images")
+        elif loop:
+            lasts = images
+        negatives = self._broadcast(_as_list(negative_prompt, "negative_prompt") if negative_prompt is not None
+                                    else [""], b, "negative prompts")
+
+        dtype = next(self.unet.parameters()).dtype
+        image_tokens = self.encode_image(images).to(dtype)
+        context = torch.cat([self.encode_prompt(prompts).to(dtype), image_tokens], dim=1)
+        guided = scale != 1.0
+        uncond_context = no_text_context = None
+        if guided:
+            text_u = self.encode_prompt(negatives).to(dtype)
+            image_u = self.encode_uncond_image(height, width).to(dtype).expand(b, -1, -1)
+            uncond_context = torch.cat([text_u, image_u], dim=1)
+            if image_guidance_scale is not None:
+                no_text_context = torch.cat([text_u, image_tokens], dim=1)
+
+        factor = spatial_factor_of(self.vae)
+        shape = (b, self.unet.config.out_channels, num_frames, height // factor, width // factor)
+        if latents is None:
+            # Drawn on the CPU in float32 so that a seed gives the same video on every device and dtype.
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise PipelineError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        x_T = latents.to(self.device, torch.float32)
+
+        extra: dict[str, torch.Tensor] = {}
+        if self.flavour == "dc":
+            # Each given frame gets its own posterior sample (the official script encodes every frame it is handed).
+            frames = images[:, :, None] if lasts is None else torch.stack([images, lasts], dim=2)
+            z = encode_video(self.vae, frames.float(), generator=generator)
+            extra["c_concat"] = concat_condition(z[:, :, 0], num_frames, z[:, :, -1] if lasts is not None else None)
+
+        fps_tensor = torch.full((b,), int(fps), dtype=torch.long, device=self.device)
+        cond = {"context": context, "fps": fps_tensor, **extra}
+        uncond = {"context": uncond_context, "fps": fps_tensor, **extra} if guided else None
+        no_text = {"context": no_text_context, "fps": fps_tensor, **extra} if no_text_context is not None else None
+        denoise = image_guided_denoiser(
+            unet_model_fn(self.unet), cond, uncond, scale, image_guidance_scale=image_guidance_scale, no_text=no_text,
+            guidance_rescale=rescale,
+        )
+        z = sample_ddim(denoise, x_T, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,
+                        callback=callback, progress=progress)
+        if loop:
+            z = z[:, :, :-1]
+        if output_type == "latent":
+            return VideoPipelineOutput(frames=z, latents=z)
+        video = decode_video(self.vae, z.float(), chunk_size=decode_chunk_size)
+        if output_type == "pt":
+            return VideoPipelineOutput(frames=video, latents=z)
+        from ..utils.video import batch_to_uint8_frames
+
+        return VideoPipelineOutput(frames=batch_to_uint8_frames(video), latents=z)
