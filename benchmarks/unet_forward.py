@@ -128,8 +128,8 @@ def fmt_row(cells: list[str], widths: list[int]) -> str:
     return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
 
-HEADER = ["config", "dtype", "batch", "latent", "s/forward", "GFLOP", "GFLOP/s", "% peak", "peak MiB", "Δ MiB"]
-WIDTHS = [6, 13, 5, 9, 10, 9, 8, 7, 9, 8]
+HEADER = ["config", "dtype", "batch", "latent", "s/forward", "GFLOP", "GFLOP/s", "mm peak", "% peak", "peak MiB", "Δ MiB"]
+WIDTHS = [6, 13, 5, 9, 10, 9, 8, 8, 7, 9, 8]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--peak-n", type=int, default=None, help="matmul size for the peak (default 2048 cpu, 8192 cuda)")
     p.add_argument("--peak-seconds", type=float, default=2.0, help="seconds per matmul-peak measurement")
+    p.add_argument("--no-peak-per-row", dest="peak_per_row", action="store_false",
+                   help="use the matmul peaks measured at the start for every row instead of re-measuring before each")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
     diffusers_logging.set_verbosity_error()  # ModelMixin.to() warns about dtype casts, which is what we want here
@@ -173,10 +175,14 @@ def main(argv: list[str] | None = None) -> None:
         cpu = torch.cuda.get_device_name(device)
     print(f"torch {torch.__version__}, device {device} ({cpu}), threads {torch.get_num_threads()}", flush=True)
     peaks: dict[str, float] = {}
+
+    def matmul_peak(dtype: torch.dtype) -> float:
+        label = str(dtype).removeprefix("torch.")
+        peaks[label] = measure_matmul_peak(dtype, n=peak_n, seconds=args.peak_seconds, device=device)
+        return peaks[label]
+
     for name in dict.fromkeys(DTYPES[d] for d in dtypes):
-        label = str(name).removeprefix("torch.")
-        peaks[label] = measure_matmul_peak(name, n=peak_n, seconds=args.peak_seconds, device=device)
-        print(f"matmul peak {label} ({peak_n}×{peak_n}): {peaks[label] / 1e9:.1f} GFLOP/s", flush=True)
+        print(f"matmul peak {str(name).removeprefix('torch.')} ({peak_n}×{peak_n}): {matmul_peak(name) / 1e9:.1f} GFLOP/s", flush=True)
 
     results = []
     print(fmt_row(HEADER, WIDTHS), flush=True)
@@ -203,10 +209,11 @@ def main(argv: list[str] | None = None) -> None:
                 if batch not in flops_of:
                     flops_of[batch] = forward_flops(kwargs, batch, latent, context)
                 flops = flops_of[batch]
+                # Measured again next to each row: on a shared machine the available compute drifts.
+                peak = matmul_peak(dtype) if args.peak_per_row else peaks[str(dtype).removeprefix("torch.")]
                 with peak_memory(device) as mem:
                     timing = time_function(fn, repeats=repeats, warmup=warmup, device=device)
                 seconds = timing.median
-                label = str(dtype).removeprefix("torch.")
                 row = {
                     "config": config,
                     "dtype": dtype_name,
@@ -217,8 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                     "times": timing.times,
                     "gflop": flops.total / 1e9,
                     "gflops_per_s": flops.total / seconds / 1e9,
-                    "matmul_peak_gflops_per_s": peaks[label] / 1e9,
-                    "fraction_of_peak": flops.total / seconds / peaks[label],
+                    "matmul_peak_gflops_per_s": peak / 1e9,
+                    "fraction_of_peak": flops.total / seconds / peak,
                     "peak_mib": mem.peak_bytes / 2**20,
                     "delta_mib": mem.delta_bytes / 2**20,
                     "memory_method": mem.method,
@@ -233,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{seconds:.4g}",
                     f"{row['gflop']:.1f}",
                     f"{row['gflops_per_s']:.1f}",
+                    f"{peak / 1e9:.0f}",
                     f"{100 * row['fraction_of_peak']:.1f}",
                     f"{row['peak_mib']:.0f}",
                     f"{row['delta_mib']:.0f}",
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{k} {v:.1f}" for k, v in results[-1]["flops_by_op"].items()), flush=True)
     if args.json:
         atomic_write_json(args.json, {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-                                      "matmul_peak_gflops_per_s": {k: v / 1e9 for k, v in peaks.items()}, "results": results})
+                                      "results": results})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from . import cli_animate
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -26,6 +28,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="store the weights in this dtype (default: as in the checkpoint)")
     p.add_argument("--num-head-channels", type=int, help="U-Net attention head width (default 64, as every release)")
     p.add_argument("--text-heads", type=int, help="text encoder head count (default width/64, 16 for OpenCLIP ViT-H)")
+    p.add_argument("--image-heads", type=int, help="image encoder head count (default 16 for OpenCLIP ViT-H/14)")
+    p.add_argument("--projector-heads", type=int, help="Resampler head count (default attention width / 64)")
+    p.add_argument("--projector-dim-head", type=int, help="Resampler head width (default 64)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
 
@@ -57,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
     _add_generate(sub)
+    cli_animate.add_parser(sub)
     return parser
 
 
@@ -70,6 +76,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.family,
         num_head_channels=args.num_head_channels,
         text_heads=args.text_heads,
+        image_heads=args.image_heads,
+        projector_heads=args.projector_heads,
+        projector_dim_head=args.projector_dim_head,
         dtype=_dtype(args.dtype),
         overwrite=args.overwrite,
     )
@@ -121,7 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": cmd_convert, "generate": cmd_generate}
+COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,25 @@ if TYPE_CHECKING:
 I2V_BUILDERS = {"image_encoder": OpenCLIPImageEncoder.from_config, "image_projector": Resampler.from_config}
 
 
-def convert_i2v_components(sd: Mapping[str, torch.Tensor], family: Family) -> dict[str, ConvertedComponent]:
+def convert_i2v_components(
+    sd: Mapping[str, torch.Tensor],
+    family: Family,
+    *,
+    image_heads: int | None = None,
+    projector_heads: int | None = None,
+    projector_dim_head: int | None = None,
+) -> dict[str, ConvertedComponent]:
+    """Head counts are invisible in the weights; the defaults are the released ViT-H/14 and Resampler ones."""
     out = {}
     for name, prefix, convert in (
-        ("image_encoder", "embedder.", convert_image_encoder),
-        ("image_projector", "image_proj_model.", lambda part: convert_resampler(part, flavour=family.flavour)),
+        ("image_encoder", "embedder.", lambda part: convert_image_encoder(part, num_heads=image_heads)),
+        (
+            "image_projector",
+            "image_proj_model.",
+            lambda part: convert_resampler(
+                part, flavour=family.flavour, heads=projector_heads, dim_head=projector_dim_head
+            ),
+        ),
     ):
         part = strip_prefix(sd, prefix)
         if not part:

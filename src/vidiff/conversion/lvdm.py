@@ -160,6 +160,9 @@ def convert_state_dict(
     *,
     num_head_channels: int | None = None,
     text_heads: int | None = None,
+    image_heads: int | None = None,
+    projector_heads: int | None = None,
+    projector_dim_head: int | None = None,
 ) -> ConvertedCheckpoint:
     """Convert a flat official state dict (real or meta tensors) into vidiff components, accounting for every key."""
     name = family or detect_family(sd)
@@ -169,7 +172,9 @@ def convert_state_dict(
     if fam.task != "t2v":
         from .i2v import convert_i2v_components  # image encoder + projector converters
 
-        extra = convert_i2v_components(sd, fam)
+        extra = convert_i2v_components(
+            sd, fam, image_heads=image_heads, projector_heads=projector_heads, projector_dim_head=projector_dim_head
+        )
     else:
         extra = {}
     unet_overrides = dict(fam.unet)
@@ -254,6 +259,9 @@ def convert_checkpoint(
     *,
     num_head_channels: int | None = None,
     text_heads: int | None = None,
+    image_heads: int | None = None,
+    projector_heads: int | None = None,
+    projector_dim_head: int | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> ConvertedCheckpoint:
@@ -264,7 +272,15 @@ def convert_checkpoint(
     if out_dir.exists() and not overwrite:
         raise ConversionError(f"output folder {out_dir} already exists (use --overwrite to replace it)")
     sd = load_official_state_dict(checkpoint)
-    converted = convert_state_dict(sd, family, num_head_channels=num_head_channels, text_heads=text_heads)
+    converted = convert_state_dict(
+        sd,
+        family,
+        num_head_channels=num_head_channels,
+        text_heads=text_heads,
+        image_heads=image_heads,
+        projector_heads=projector_heads,
+        projector_dim_head=projector_dim_head,
+    )
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         save_model_folder(converted, tmp, dtype)
     return converted

@@ -44,6 +44,7 @@ from vidiff.data.shapes import (
     shape_area,
     unknown_words,
 )
+from vidiff.eval.image_quality import psnr, ssim
 
 __all__ = [
     "PROBE_NAMES",
@@ -115,8 +116,9 @@ class ProbeThresholds:
     min_area_factor: float = 0.25  # object area must lie in [factor * smallest, max factor * largest] world area
     max_area_factor: float = 4.0
     max_colour_spread: float = 0.12  # RMS spread of an object's confident pixels around their mean colour
-    fill_triangle_circle: float = 0.64  # fill ratio (area / box area): triangle 1/2 < 0.64 < circle pi/4
-    fill_circle_square: float = 0.89  # circle pi/4 < 0.89 < square 1
+    triangle_skew: float = 0.25  # |vertical skewness| at or above this is a triangle (triangle -0.57, others 0)
+    fill_triangle_circle: float = 0.64  # fill ratio (area / box area) below this is a triangle too (triangle 1/2)
+    fill_circle_square: float = 0.9  # circle pi/4 < 0.9 < square 1
     still_fraction: float = 0.5  # |net displacement| below this fraction of the slowest expected one means "still"
     min_monotonicity: float = 0.5  # Kendall tau of the position along the direction of motion vs time
     min_presence: float = 0.9  # fraction of frames in which the object must be found
@@ -125,10 +127,13 @@ class ProbeThresholds:
     max_colour_std: float = 0.05  # per-channel std of the object's colour over frames
     jump_radius_fraction: float = 0.3  # a step deviating from the typical step by this x small radius is a jump
     max_jumps: int = 2
-    max_background_flicker: float = 3.0  # mean |frame-to-frame change| of background pixels, uint8 levels
+    min_shape_agreement: float = 0.8  # fraction of frames whose shape is the object's majority shape
+    max_background_flicker: float = 6.0  # mean |frame-to-frame change| of background pixels, uint8 levels
     max_object_flicker: float = 6.0  # mean |frame-to-frame change| of the object's mean colour, uint8 levels
     min_first_frame_psnr: float = 22.0  # dB
     min_first_frame_ssim: float = 0.75
+    first_frame_shift_fraction: float = 0.3  # frame-0 objects within this x small radius of the conditioning image's
+    max_first_frame_area_ratio: float = 1.33  # ... and their area within this factor
     identity_tail_fraction: float = 0.25  # "last frames" = this fraction of the clip (at least 3 frames)
 
 
@@ -167,6 +172,7 @@ class DetectedObject:
     width: float
     height: float
     fill: float
+    skew: float
     shape: str
     alpha: np.ndarray = field(repr=False)
     support: np.ndarray = field(repr=False)  # bool (H, W): pixels attributed to the object (incl. its faint rim)
@@ -266,10 +272,15 @@ def _nearest_background(rgb: np.ndarray) -> str:
     return _BG_NAMES[int(np.argmin(np.linalg.norm(_BG_PALETTE - rgb[None], axis=1)))]
 
 
-def classify_shape(fill: float, thresholds: ProbeThresholds | None = None) -> str:
-    """Shape from the fill ratio of the bounding box: triangle 1/2, circle pi/4, square 1."""
+def classify_shape(fill: float, skew: float, thresholds: ProbeThresholds | None = None) -> str:
+    """Shape from two blur-robust numbers of the soft mask.
+
+    ``skew`` (skewness of the vertical mass distribution) is -0.57 for the world's up-pointing triangle and 0 for the
+    symmetric shapes, and blur barely moves it (-0.4 at a 1 px Gaussian blur of the smallest triangle), so it decides
+    triangles. ``fill`` (area / box area; triangle 1/2, circle pi/4, square 1) separates circles from squares.
+    """
     th = thresholds or ProbeThresholds()
-    if fill < th.fill_triangle_circle:
+    if abs(skew) >= th.triangle_skew or fill < th.fill_triangle_circle:
         return "triangle"
     if fill < th.fill_circle_square:
         return "circle"
@@ -307,7 +318,8 @@ def _describe(
     dist = np.linalg.norm(pix - bg[None], axis=1)
     strong = dist >= th.core_fraction * np.percentile(dist, 90)
     core = pix[strong]
-    mean = core.mean(axis=0)
+    # Medians, so pixels mixed with a touching object (or a few bad ones) do not drag the colour.
+    mean = np.median(core, axis=0)
     direction = mean - bg
     norm2 = float(direction @ direction)
     if norm2 < th.foreground**2:
@@ -315,19 +327,32 @@ def _describe(
     # Spread off the background-to-colour line: anti-aliasing moves pixels along it, a second colour or noise does not.
     rel = core - bg[None]
     off_line = rel - np.outer(rel @ direction / norm2, direction)
-    spread = float(np.sqrt((off_line**2).sum(axis=1).mean()))
-    # Faint rim: background-like pixels next to the object still carry a little coverage.
-    support = support_core | (ndimage.binary_dilation(support_core, structure=_EIGHT) & free)
-    alpha = np.zeros(frame.shape[:2], dtype=np.float64)
-    alpha[support] = np.clip((frame[support] - bg[None]) @ direction / norm2, 0.0, 1.0)
-    area = float(alpha.sum())
+    spread = float(np.median(np.linalg.norm(off_line, axis=1)))
+    # Faint rim: background-like pixels next to the object still carry a little coverage. Work in a window around the
+    # object (everything else is zero) because this runs for every object of every frame.
+    rows, cols = np.flatnonzero(support_core.any(axis=1)), np.flatnonzero(support_core.any(axis=0))
+    h, w = support_core.shape
+    win = (slice(max(rows[0] - 1, 0), min(rows[-1] + 2, h)), slice(max(cols[0] - 1, 0), min(cols[-1] + 2, w)))
+    local_core = support_core[win]
+    local_support = local_core | (ndimage.binary_dilation(local_core, structure=_EIGHT) & free[win])
+    local_alpha = np.zeros(local_core.shape, dtype=np.float64)
+    local_alpha[local_support] = np.clip((frame[win][local_support] - bg[None]) @ direction / norm2, 0.0, 1.0)
+    area = float(local_alpha.sum())
     if area <= 0:
         return None
-    ys, xs = np.indices(alpha.shape)
-    cx, cy = float((alpha * xs).sum() / area), float((alpha * ys).sum() / area)
-    width = float(alpha.max(axis=0).sum())
-    height = float(alpha.max(axis=1).sum())
+    cx = float(local_alpha.sum(axis=0) @ np.arange(win[1].start, win[1].stop)) / area
+    cy = float(local_alpha.sum(axis=1) @ np.arange(win[0].start, win[0].stop)) / area
+    width = float(local_alpha.max(axis=0).sum())
+    height = float(local_alpha.max(axis=1).sum())
     fill = area / max(width * height, 1e-9)
+    dy = np.arange(win[0].start, win[0].stop) - cy
+    row_mass = local_alpha.sum(axis=1)
+    var_y = float(row_mass @ dy**2) / area
+    skew = float(row_mass @ dy**3) / area / max(var_y, 1e-9) ** 1.5
+    alpha = np.zeros((h, w), dtype=np.float64)
+    alpha[win] = local_alpha
+    support = np.zeros((h, w), dtype=bool)
+    support[win] = local_support
     return DetectedObject(
         colour=nearest_colour(mean),
         mean_rgb=(float(mean[0]), float(mean[1]), float(mean[2])),
@@ -338,7 +363,8 @@ def _describe(
         width=width,
         height=height,
         fill=fill,
-        shape=classify_shape(fill, th),
+        skew=skew,
+        shape=classify_shape(fill, skew, th),
         alpha=alpha,
         support=support,
     )
@@ -365,7 +391,9 @@ def segment_frame(
     sizes = np.bincount(blobs.ravel(), minlength=n + 1)
     free = ~fg
     pieces: list[np.ndarray] = []
-    for b in np.flatnonzero(sizes >= max(3, lo / 4)):
+    # Blobs too small for an object, or too big for even two touching ones (noise, a blown-out frame), are skipped.
+    keep = (sizes >= max(3, lo / 4)) & (sizes <= 2 * hi)
+    for b in np.flatnonzero(keep):
         if b == 0:
             continue
         blob = blobs == b
@@ -546,8 +574,10 @@ def _shape_probe(name: str, track: Track | None, expected: str) -> ProbeScore:
     frac = shapes.count(expected) / len(shapes)
     ok = track.shape == expected
     fill = float(np.median([o.fill for _, o in track.present()]))
+    skew = float(np.median([o.skew for _, o in track.present()]))
     reason = (
-        f"median box fill {fill:.2f} (triangle 0.50, circle 0.79, square 1.00): {track.shape} in "
+        f"median vertical skewness {skew:+.2f} (triangle -0.57, else 0), box fill {fill:.2f} (circle 0.79, "
+        f"square 1.00): {track.shape} in "
         f"{shapes.count(track.shape)}/{len(shapes)} frames" + ("" if ok else f", expected {expected}")
     )
     return ProbeScore(name, ok, frac, expected, track.shape, reason)
@@ -614,6 +644,7 @@ def _consistency_probe(track: Track | None, th: ProbeThresholds) -> ProbeScore:
     n = len(track.objects)
     areas = np.array([o.area for _, o in present])
     colours = np.array([o.mean_rgb for _, o in present])
+    shapes = [o.shape for _, o in present]
     checks = {
         "presence": (track.presence >= th.min_presence, f"found in {len(present)}/{n} frames"),
         "fragments": (
@@ -629,6 +660,10 @@ def _consistency_probe(track: Track | None, th: ProbeThresholds) -> ProbeScore:
             f"colour std {255 * float(colours.std(axis=0).max()):.1f}/255",
         ),
         "jumps": (track.jumps <= th.max_jumps, f"{track.jumps} jumps off a steady path"),
+        "shape": (
+            shapes.count(track.shape) >= th.min_shape_agreement * len(shapes),
+            f"{track.shape} in {shapes.count(track.shape)}/{len(shapes)} frames",
+        ),
     }
     failed = [k for k, (ok, _) in checks.items() if not ok]
     detail = "; ".join(msg for _, msg in checks.values())
@@ -644,7 +679,8 @@ def _flicker_probe(analysis: VideoAnalysis, track: Track | None, th: ProbeThresh
     occupied = np.zeros(frames.shape[:3], dtype=bool)
     for t, objs in enumerate(analysis.objects):
         for o in objs:
-            occupied[t] |= ndimage.binary_dilation(o.support, structure=_EIGHT)
+            occupied[t] |= o.support
+    occupied = ndimage.binary_dilation(occupied, structure=_EIGHT[None])
     # Pixels that are not background in one frame (foreground that failed the object tests) count as well.
     fg = np.linalg.norm(frames - analysis.backgrounds[:, None, None], axis=3) > th.foreground
     still_bg = ~(occupied | fg)
@@ -667,37 +703,75 @@ def _flicker_probe(analysis: VideoAnalysis, track: Track | None, th: ProbeThresh
 
 
 def _image_quality(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """PSNR (dB) and SSIM of two uint8 (H, W, 3) images, through the shared metrics of :mod:`vidiff.eval`."""
-    from vidiff.eval.image_quality import psnr, ssim
-
-    x = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255.0
-    y = torch.from_numpy(b).permute(2, 0, 1)[None].float() / 255.0
-    return float(psnr(x, y)), float(ssim(x, y))
+    """PSNR (dB) and SSIM of two uint8 (H, W, 3) images, with the package's shared metric definitions."""
+    x = torch.from_numpy(a).permute(2, 0, 1).double() / 255.0
+    y = torch.from_numpy(b).permute(2, 0, 1).double() / 255.0
+    return float(psnr(x, y, 1.0)), float(ssim(x, y, 1.0))
 
 
-def _first_frame_probe(frame0: np.ndarray, condition: np.ndarray, th: ProbeThresholds) -> ProbeScore:
+def _same_object(a: DetectedObject, b: DetectedObject, max_shift: float, th: ProbeThresholds) -> str | None:
+    """Why ``b`` is not a copy of ``a`` (colour, shape, place, size), or None when it is."""
+    if a.colour != b.colour:
+        return f"{a.colour} became {b.colour}"
+    if a.shape != b.shape:
+        return f"{a.colour} {a.shape} became a {b.shape}"
+    shift = math.dist(a.centroid, b.centroid)
+    if shift > max_shift:
+        return f"{a.colour} {a.shape} moved {shift:.1f} px (max {max_shift:.1f})"
+    ratio = b.area / a.area
+    if not 1 / th.max_first_frame_area_ratio <= ratio <= th.max_first_frame_area_ratio:
+        return f"{a.colour} {a.shape} area changed x{ratio:.2f}"
+    return None
+
+
+def _first_frame_probe(
+    analysis: VideoAnalysis,
+    frame0: np.ndarray,
+    condition: np.ndarray,
+    cond_objects: list[DetectedObject],
+    world: ShapesWorld,
+    th: ProbeThresholds,
+) -> ProbeScore:
+    """Frame 0 must reproduce the conditioning image: close in PSNR / SSIM *and* the same objects in the same places.
+
+    The object check matters because a small object on a flat background barely moves PSNR / SSIM.
+    """
     p, s = _image_quality(frame0, condition)
-    ok = p >= th.min_first_frame_psnr and s >= th.min_first_frame_ssim
-    reason = (
-        f"frame 0 vs conditioning image: PSNR {p:.1f} dB (min {th.min_first_frame_psnr}), SSIM {s:.3f} "
-        f"(min {th.min_first_frame_ssim})"
+    problems = []
+    if p < th.min_first_frame_psnr:
+        problems.append(f"PSNR {p:.1f} dB < {th.min_first_frame_psnr}")
+    if s < th.min_first_frame_ssim:
+        problems.append(f"SSIM {s:.3f} < {th.min_first_frame_ssim}")
+    object_problems = [] if cond_objects else ["no object in the conditioning image"]
+    max_shift = max(1.0, th.first_frame_shift_fraction * world.radius("small"))
+    frame_objects = {o.colour: o for o in reversed(analysis.objects[0])}  # largest of each colour wins
+    for obj in cond_objects[:2]:
+        match = frame_objects.get(obj.colour)
+        why = f"the {obj.colour} {obj.shape} is missing" if match is None else _same_object(obj, match, max_shift, th)
+        if why:
+            object_problems.append(why)
+    problems += object_problems
+    ok = not problems
+    reason = f"frame 0 vs conditioning image: PSNR {p:.1f} dB, SSIM {s:.3f}, " + (
+        f"objects {', '.join(f'{o.colour} {o.shape}' for o in cond_objects[:2])} reproduced"
+        if ok
+        else "; ".join(problems)
     )
-    score = min(1.0, s)
-    return ProbeScore("first_frame", ok, score, "matches the conditioning image", {"psnr": p, "ssim": s}, reason)
+    detected = {"psnr": p, "ssim": s, "objects_match": not object_problems}
+    return ProbeScore("first_frame", ok, min(1.0, max(s, 0.0)) * ok, "matches the conditioning image", detected, reason)
 
 
 def _identity_probe(
     analysis: VideoAnalysis,
-    condition: np.ndarray,
+    cond_objects: list[DetectedObject],
     attrs: CaptionAttributes,
-    world: ShapesWorld,
     th: ProbeThresholds,
 ) -> ProbeScore:
-    cond_objects = segment_frame(condition, world, th)
+    """The prompt's main object, as the conditioning image shows it, must still be there, unchanged, at the end."""
     if not cond_objects:
         return ProbeScore("identity", False, 0.0, "none", "none", "no object found in the conditioning image")
     cond_tracks = [Track(o.colour, [o], [0], shape=o.shape) for o in cond_objects]
-    cond_track, _ = _assign(cond_tracks, CaptionAttributes(attrs.primary, attrs.second, attrs.background))
+    cond_track, _ = _assign(cond_tracks, attrs)
     if cond_track is None:
         cond_track = cond_tracks[0]
     expected = f"{cond_track.colour} {cond_track.shape}"
@@ -806,8 +880,9 @@ def probe_video(
         if s.motion is not None and t >= 2:
             scores["second_motion"] = _motion_probe("second_motion", second, s.motion, world, t, stride, th)
     if condition is not None:
-        scores["first_frame"] = _first_frame_probe(frames[0], condition, th)
-        scores["identity"] = _identity_probe(analysis, condition, attrs, world, th)
+        cond_objects = segment_frame(condition, world, th)
+        scores["first_frame"] = _first_frame_probe(analysis, frames[0], condition, cond_objects, world, th)
+        scores["identity"] = _identity_probe(analysis, cond_objects, attrs, th)
     return ProbeResult(prompt=prompt, attributes=attrs, scores=scores)
 
 

@@ -1,0 +1,478 @@
+"""Training configuration: a YAML file plus ``key.path=value`` overrides, checked into dataclasses.
+
+Every section is a dataclass, so a typo or a wrong type is reported with its dotted path (and a close match) before any
+model is built. Free-form sections (a model's own constructor arguments, a dataset's keyword arguments) stay plain
+dicts and are checked by the constructors they are passed to.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "CheckpointConfig",
+    "ComponentConfig",
+    "ConfigError",
+    "DataConfig",
+    "DistributedConfig",
+    "ExportConfig",
+    "LogConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+]
+
+TASKS = ("t2v", "autoencoder")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+RECON_LOSSES = ("l1", "l2", "l1+l2")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+# ---------------------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ComponentConfig:
+    """Where a model component comes from: a saved folder (``pretrained``) or constructor arguments (``config``).
+
+    ``class_path`` ("package.module:Class") selects another class with the same constructor/``from_pretrained``
+    interface (e.g. a temporal-decoder autoencoder). ``trainable`` applies to the text encoder: a trainable encoder is
+    optimised together with the U-Net; a frozen one runs outside the trained module.
+    """
+
+    pretrained: str | None = None
+    config: dict | None = None
+    class_path: str | None = None
+    trainable: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The model to train. ``init_from`` is a vidiff model folder (``vidiff convert`` output or an exported run) that
+    supplies every component not configured here, so a stage can start from the previous stage's export.
+
+    ``conditioning`` is what the U-Net's fps input receives: frames per second (VideoCrafter) or the frame stride
+    (DynamiCrafter 256). ``autoencoder_input`` (autoencoder task): "frames" encodes frames as images, "video" hands
+    whole clips (b, 3, t, H, W) to encode/decode, for autoencoders with temporal layers.
+    """
+
+    init_from: str | None = None
+    unet: ComponentConfig = field(default_factory=ComponentConfig)
+    vae: ComponentConfig = field(default_factory=ComponentConfig)
+    text_encoder: ComponentConfig = field(default_factory=ComponentConfig)
+    tokenizer_context_length: int | None = None
+    schedule: dict | None = None
+    conditioning: Literal["fps", "frame_stride"] = "fps"
+    autoencoder_input: Literal["frames", "video"] = "frames"
+    defaults: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """``videos``/``images`` are ``{type: shapes|csv|latent_cache|folder, ...dataset keyword arguments}``.
+
+    ``batch_size`` is per process; the global batch is batch_size × processes × grad_accum_steps.
+    """
+
+    videos: dict = field(default_factory=lambda: {"type": "shapes"})
+    images: dict | None = None
+    batch_size: int = 4
+    image_batch_size: int = 8
+    image_batches_per_video_batch: float = 0.0
+    images_as_static_clips: bool = False
+    frames_per_clip: int = 2
+    num_workers: int = 0
+    shuffle: bool = True
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "constant_with_warmup"
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """The loop. ``trainable``/``frozen`` are parameter selectors (see :mod:`vidiff.training.params`).
+
+    ``stop_at_step`` ends this invocation at that step (checkpointed) as a preemption would; the same command then
+    resumes. ``cond_dropout`` gives the probabilities of dropping the text only, the image only, or both, for
+    classifier-free guidance (image dropout needs an image-conditioned model).
+    """
+
+    max_steps: int = 1000
+    stop_at_step: int | None = None
+    grad_accum_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    trainable: list[str] = field(default_factory=lambda: ["*"])
+    frozen: list[str] = field(default_factory=list)
+    cond_dropout: dict = field(default_factory=lambda: {"text": 0.1, "image": 0.0, "both": 0.0})
+    uncond_text: str = ""
+    ema: bool = True
+    ema_decay: float = 0.9999
+    ema_update_after_step: int = 0
+    recon_loss: str = "l1"
+    kl_weight: float = 1e-6
+    threads: int | None = None
+    deterministic: bool = False
+
+
+@dataclass
+class LogConfig:
+    every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+    plot_every: int = 50
+
+
+@dataclass
+class SampleConfig:
+    """Preview videos from the EMA weights (T2V) or reconstructions (autoencoder), written under ``samples/``."""
+
+    every: int = 0
+    at_end: bool = True
+    prompts: list[str] = field(default_factory=lambda: ["a red circle moving left"])
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    fps: int | None = None
+    steps: int = 25
+    guidance_scale: float = 5.0
+    eta: float = 0.0
+    seed: int = 123
+    num_reconstructions: int = 4
+
+
+@dataclass
+class CheckpointConfig:
+    """``resume``: "auto" (latest checkpoint in output_dir, else fresh), "never", or a checkpoint folder."""
+
+    every: int = 500
+    keep_last: int = 3
+    resume: str = "auto"
+
+
+@dataclass
+class ExportConfig:
+    """At the end, write ``output_dir/model``: a model folder ``vidiff generate`` loads (EMA weights if any)."""
+
+    at_end: bool = True
+    use_ema: bool = True
+
+
+@dataclass
+class DistributedConfig:
+    """``strategy``: "ddp" (also used for one process) or "fsdp" (sharded; ``fsdp`` holds plugin arguments)."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    find_unused_parameters: bool = False
+    fsdp: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    task: Literal["t2v", "autoencoder"] = "t2v"
+    output_dir: str = "outputs/run"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def validate(self) -> RunConfig:
+        """Cross-field checks (types were checked while building); returns self."""
+        _validate(self)
+        return self
+
+    def fingerprint(self) -> str:
+        """Short hash of the settings that define the optimisation (not logging or stop points)."""
+        d = config_to_dict(self)
+        for volatile in ("log", "sample", "export"):
+            d.pop(volatile)
+        d["train"].pop("stop_at_step")
+        d["checkpoint"].pop("resume")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return f"list of {_type_name(item)}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{path}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} settings, got {value!r}")
+        return _build(tp, value, path)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, str):  # YAML reads "1e-4" as a string (no dot before the exponent)
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return copy.deepcopy(value)
+    raise ConfigError(f"{path}: unsupported setting type {tp!r}")
+
+
+def _build(cls: type, data: dict, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        where = f"{path}.{key}" if path else str(key)
+        raise ConfigError(f"unknown setting '{where}'{hint}; {path or 'the top level'} accepts: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{path}.{name}" if path else name)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a plain dict (as read from YAML)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a training config must be a mapping at the top level, got {type(data).__name__}")
+    return _build(RunConfig, data, "").validate()
+
+
+def config_to_dict(config: Any) -> dict:
+    """Plain, YAML/JSON-ready dict of a config (dataclasses expanded)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+# ----------------------------------------------------------------------------------------------------- overrides
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, booleans, lists, null) to a copy of ``data``."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value (e.g. train.max_steps=200)")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: cannot parse the value: {err}") from None
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: '{'.'.join(parts[: i + 1])}' is {child!r}, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML training config, apply overrides, check everything; errors are :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings at the top level")
+    return config_from_dict(apply_overrides(data, list(overrides or [])))
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+def _positive(value: Any, path: str, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{path} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _validate(c: RunConfig) -> None:
+    t, d, o = c.train, c.data, c.optim
+    if not c.output_dir:
+        raise ConfigError("output_dir must not be empty")
+    for path, value, zero_ok in (
+        ("train.max_steps", t.max_steps, False),
+        ("train.grad_accum_steps", t.grad_accum_steps, False),
+        ("train.stop_at_step", t.stop_at_step, True),
+        ("train.max_grad_norm", t.max_grad_norm, True),
+        ("train.kl_weight", t.kl_weight, True),
+        ("train.threads", t.threads, False),
+        ("data.batch_size", d.batch_size, False),
+        ("data.image_batch_size", d.image_batch_size, False),
+        ("data.image_batches_per_video_batch", d.image_batches_per_video_batch, True),
+        ("data.frames_per_clip", d.frames_per_clip, False),
+        ("data.num_workers", d.num_workers, True),
+        ("optim.lr", o.lr, False),
+        ("optim.weight_decay", o.weight_decay, True),
+        ("optim.eps", o.eps, False),
+        ("optim.warmup_steps", o.warmup_steps, True),
+        ("log.every", c.log.every, False),
+        ("log.plot_every", c.log.plot_every, False),
+        ("sample.every", c.sample.every, True),
+        ("sample.steps", c.sample.steps, False),
+        ("sample.num_reconstructions", c.sample.num_reconstructions, False),
+        ("checkpoint.every", c.checkpoint.every, False),
+        ("checkpoint.keep_last", c.checkpoint.keep_last, False),
+        ("seed", c.seed, True),
+        ("data.seed", d.seed, True),
+    ):
+        _positive(value, path, zero_ok)
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+    if o.schedule not in LR_SCHEDULES:
+        raise ConfigError(f"optim.schedule must be one of {', '.join(LR_SCHEDULES)}, got {o.schedule!r}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if t.recon_loss not in RECON_LOSSES:
+        raise ConfigError(f"train.recon_loss must be one of {', '.join(RECON_LOSSES)}, got {t.recon_loss!r}")
+    unknown = set(t.cond_dropout) - {"text", "image", "both"}
+    if unknown:
+        raise ConfigError(f"train.cond_dropout accepts text, image and both; got unknown keys {sorted(unknown)}")
+    probs = {k: t.cond_dropout.get(k, 0.0) for k in ("text", "image", "both")}
+    for k, p in probs.items():
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+            raise ConfigError(f"train.cond_dropout.{k} must be a probability in [0, 1], got {p!r}")
+    if sum(probs.values()) > 1.0 + 1e-9:
+        raise ConfigError(f"train.cond_dropout probabilities add up to {sum(probs.values())} > 1")
+    if c.task == "t2v" and (probs["image"] or probs["both"]):
+        raise ConfigError("train.cond_dropout.image/both need an image-conditioned model; a t2v run only drops text")
+    if not t.trainable:
+        raise ConfigError("train.trainable is empty: nothing would be trained")
+    if not isinstance(d.videos, dict) or "type" not in d.videos:
+        raise ConfigError("data.videos must be a mapping with a 'type' (shapes, csv or latent_cache)")
+    if d.images is not None and "type" not in d.images:
+        raise ConfigError("data.images must be a mapping with a 'type' (shapes, csv or folder)")
+    if d.images is not None and d.image_batches_per_video_batch == 0:
+        raise ConfigError("data.images is set but data.image_batches_per_video_batch is 0: set the ratio (e.g. 0.5)")
+    if d.images is None and d.image_batches_per_video_batch > 0:
+        raise ConfigError("data.image_batches_per_video_batch > 0 needs data.images")
+    if c.checkpoint.resume not in ("auto", "never") and not c.checkpoint.resume:
+        raise ConfigError("checkpoint.resume must be 'auto', 'never' or a checkpoint folder")
+    m = c.model
+    for name in ("unet", "vae", "text_encoder"):
+        comp: ComponentConfig = getattr(m, name)
+        if comp.pretrained is not None and comp.config is not None:
+            raise ConfigError(f"model.{name}: give either 'pretrained' or 'config', not both")
+        if comp.class_path is not None and ":" not in comp.class_path:
+            raise ConfigError(f"model.{name}.class_path must look like 'package.module:ClassName', got {comp.class_path!r}")
+    needed = ("vae",) if c.task == "autoencoder" else ("unet", "vae", "text_encoder")
+    if m.init_from is None:
+        for name in needed:
+            comp = getattr(m, name)
+            if comp.pretrained is None and comp.config is None:
+                raise ConfigError(
+                    f"model.{name} needs 'pretrained' (a saved folder) or 'config' (constructor arguments), "
+                    "or set model.init_from to a model folder"
+                )
+    if m.tokenizer_context_length is not None and m.tokenizer_context_length < 2:
+        raise ConfigError(f"model.tokenizer_context_length must be >= 2, got {m.tokenizer_context_length}")
+    if t.stop_at_step is not None and t.stop_at_step > t.max_steps:
+        raise ConfigError(f"train.stop_at_step ({t.stop_at_step}) is beyond train.max_steps ({t.max_steps})")
+    if c.sample.every and c.task == "t2v" and not c.sample.prompts:
+        raise ConfigError("sample.every > 0 needs at least one prompt in sample.prompts")
