@@ -13,8 +13,10 @@ from safetensors.torch import save_file
 from tiny_checkpoint import TEXT_HEADS, UNET_HEAD_CHANNELS, tiny_state_dict
 
 from vidiff.cli import main as cli_main
-from vidiff.conversion.common import ConversionError
-from vidiff.conversion.lvdm import _build, convert_checkpoint, convert_state_dict, detect_family
+from vidiff.conversion.common import ConversionError, load_official_state_dict
+from vidiff.conversion.lvdm import HeadCounts, _build, convert_checkpoint, convert_state_dict, detect_family
+
+TINY_HEADS = HeadCounts(unet_head_channels=UNET_HEAD_CHANNELS, text_heads=TEXT_HEADS)
 
 
 def _manifest_params():
@@ -71,8 +73,7 @@ def test_containers_give_identical_models(tiny_ckpt, tmp_path):
     save_file({k: v.contiguous() for k, v in sd.items()}, st)
     results = []
     for src in (path, plain, deepspeed, st):
-        conv = convert_state_dict(__import__("vidiff.conversion.common", fromlist=["x"]).load_official_state_dict(src),
-                                  num_head_channels=UNET_HEAD_CHANNELS, text_heads=TEXT_HEADS)
+        conv = convert_state_dict(load_official_state_dict(src), heads=TINY_HEADS)
         results.append(conv)
     ref = results[0].components["unet"].state_dict
     for conv in results[1:]:
@@ -104,7 +105,7 @@ def _expect_error(tmp_path, sd_or_bytes, match, capsys):
         torch.save({"state_dict": sd_or_bytes}, src)
     out = tmp_path / "out"
     with pytest.raises(ConversionError, match=match):
-        convert_checkpoint(src, out, num_head_channels=UNET_HEAD_CHANNELS, text_heads=TEXT_HEADS)
+        convert_checkpoint(src, out, heads=TINY_HEADS)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad.ckpt"], "conversion left files behind"
     assert cli_main(_convert_args(src, out)) == 2

@@ -53,12 +53,14 @@ def _pattern(h: int, w: int, seed: int = 0) -> np.ndarray:
 def model_dir(tmp_path_factory) -> Path:
     if not _has_fixtures():
         pytest.skip("dc_unet / vae fixtures not found")
-    from vidiff.conversion.lvdm import convert_checkpoint
+    from vidiff.conversion.lvdm import HeadCounts, convert_checkpoint
 
     root = tmp_path_factory.mktemp("i2v")
     ckpt = save_tiny_i2v_checkpoint(root / "tiny_dc512.ckpt")
     out = root / "model"
-    convert_checkpoint(ckpt, out, family=FAMILY, num_head_channels=UNET_HEAD_CHANNELS, text_heads=TEXT_HEADS)
+    convert_checkpoint(
+        ckpt, out, family=FAMILY, heads=HeadCounts(unet_head_channels=UNET_HEAD_CHANNELS, text_heads=TEXT_HEADS)
+    )
     return out
 
 

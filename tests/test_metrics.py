@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from vidiff.eval import frechet as frechet_module
 from vidiff.eval.clip_score import clip_frame_consistency, clipsim, load_clip
-from vidiff.eval.frechet import feature_statistics, frechet_distance
+from vidiff.eval.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
 from vidiff.eval.i3d import (
     I3D_MIN_SIZE,
     InceptionI3D,
@@ -41,6 +41,8 @@ from vidiff.eval.inception import (
 )
 from vidiff.eval.kernel import kernel_distance
 from vidiff.eval.protocols import (
+    CLIPSIMProtocol,
+    FrameConsistencyProtocol,
     FVDProtocol,
     VideoFeatureProtocol,
     as_images,
@@ -108,6 +110,19 @@ def test_frechet_rank_deficient_covariances():
         same = frechet_distance(mx, sx, mx, sx)
     assert by_sqrtm == pytest.approx(frechet_distance(mx, sx, my, sy, method="eigh"), rel=1e-5)
     assert abs(same) < 1e-4 * np.trace(sx)
+
+
+@pytest.mark.parametrize("n", [5, 40])
+def test_frechet_from_features_matches_covariance_route(n):
+    rng = np.random.default_rng(n)
+    x, y = rng.standard_normal((n, 16)), rng.standard_normal((n + 3, 16)) * 0.7 + 0.2
+    (mx, sx), (my, sy) = feature_statistics(x), feature_statistics(y)
+    reference = frechet_distance(mx, sx, my, sy, method="eigh")
+    assert frechet_distance_from_features(x, y, method="eigh") == pytest.approx(reference, rel=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert frechet_distance_from_features(x, y) == pytest.approx(reference, rel=1e-5)
+    assert abs(frechet_distance_from_features(x, x, method="eigh")) < 1e-12 * np.trace(sx)
 
 
 def test_frechet_non_finite_sqrtm_warns_and_retries_with_offset(monkeypatch):
@@ -281,12 +296,6 @@ def test_i3d_features_shape_and_protocol(i3d_features):
     assert p.feature_dim == 400 and p.feature_layer.startswith("logits") and p.value_range == "[-1, 1]"
 
 
-def test_i3d_is_deterministic_and_batch_independent(i3d_model, i3d_videos, i3d_features):
-    single = extract_i3d_features(i3d_videos[0][:1], i3d_model, batch_size=1).features
-    scale = np.abs(i3d_features[0].features).max()
-    np.testing.assert_allclose(single[0], i3d_features[0].features[0], atol=1e-4 * scale)
-
-
 def test_fvd_zero_for_identical_sets_and_grows_with_perturbation(i3d_features):
     real, fake = i3d_features
     same = fvd(real, real, sqrtm_method="eigh")
@@ -304,9 +313,10 @@ def test_fvd_zero_for_identical_sets_and_grows_with_perturbation(i3d_features):
     assert k["metric"] == "kvd" and k["protocol"]["subset_size"] == 2 and math.isfinite(k["value"])
 
 
-def test_fvd_refuses_mixed_protocols_and_pixels_without_model(i3d_features):
-    real, fake = i3d_features
-    other = VideoFeatures(fake.features, VideoFeatureProtocol(frame_stride=2))
+def test_fvd_refuses_mixed_protocols_and_pixels_without_model():
+    rng = np.random.default_rng(14)
+    real = VideoFeatures(rng.standard_normal((3, 400)), VideoFeatureProtocol())
+    other = VideoFeatures(rng.standard_normal((3, 400)), VideoFeatureProtocol(frame_stride=2))
     with pytest.raises(ValueError, match="different protocols"):
         fvd(real, other)
     with pytest.raises(ValueError, match="I3D model is needed"):
@@ -321,7 +331,7 @@ def test_select_clip_frame_stride_and_start():
         select_clip(video[:, :, :34], frames_per_clip=16, frame_stride=2, start_frame=4)
 
 
-def test_load_i3d_round_trip_and_errors(tmp_path, i3d_model, i3d_videos, i3d_features):
+def test_load_i3d_round_trip_determinism_and_errors(tmp_path, i3d_model, i3d_videos, i3d_features):
     state = {k: v for k, v in i3d_model.state_dict().items() if not k.endswith("num_batches_tracked")}
     st_path, pt_path = tmp_path / "i3d.safetensors", tmp_path / "i3d.pt"
     save_file(state, str(st_path))
@@ -331,6 +341,7 @@ def test_load_i3d_round_trip_and_errors(tmp_path, i3d_model, i3d_videos, i3d_fea
         assert torch.equal(loaded.state_dict()[key], value), key
     assert loaded.weights_sha256 == hashlib.sha256(st_path.read_bytes()).hexdigest()
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    # a fresh model from the file, one video alone: same features as the original model's batch of four
     feats = extract_i3d_features(i3d_videos[0][:1], loaded, batch_size=1)
     scale = np.abs(i3d_features[0].features).max()
     np.testing.assert_allclose(feats.features[0], i3d_features[0].features[0], atol=1e-4 * scale)
@@ -413,7 +424,7 @@ def test_inception_features_and_fid(inception_features):
 
 def test_inception_logits_without_bias_and_uniform_prediction(inception_model, inception_features):
     pool = torch.from_numpy(inception_features[0].pool).float()
-    expected = pool.double() @ inception_model.fc.weight.double().T
+    expected = pool.double() @ inception_model.fc.weight.detach().double().T
     np.testing.assert_allclose(inception_features[0].logits, expected.numpy(), rtol=1e-4, atol=1e-5)
     zero_fc = FIDInceptionV3()
     with torch.no_grad():
@@ -479,17 +490,22 @@ def tiny_clip_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_clip_folder):
+    from transformers import CLIPModel
+
+    reference = CLIPModel.from_pretrained(str(tiny_clip_folder), local_files_only=True).eval()
+    return load_clip(tiny_clip_folder), reference
+
+
 def _pooled(out):
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def test_clip_embeddings_match_manual_computation(tiny_clip_folder):
-    from transformers import CLIPModel
-
+def test_clip_embeddings_match_manual_computation(tiny_clip_folder, tiny_clip):
     from vidiff.models.tokenizer import OpenCLIPTokenizer
 
-    clip = load_clip(tiny_clip_folder)
-    reference = CLIPModel.from_pretrained(str(tiny_clip_folder), local_files_only=True).eval()
+    clip, reference = tiny_clip
     prompts = ["a red ball bouncing", "a cat"]
     with torch.no_grad():
         manual = _pooled(reference.get_text_features(input_ids=OpenCLIPTokenizer()(prompts)))
@@ -499,8 +515,8 @@ def test_clip_embeddings_match_manual_computation(tiny_clip_folder):
     assert clip.protocol.tokenizer.startswith("vidiff OpenCLIP BPE")
 
 
-def test_clip_preprocess_resizes_shortest_side_and_center_crops(tiny_clip_folder):
-    clip = load_clip(tiny_clip_folder)
+def test_clip_preprocess_resizes_shortest_side_and_center_crops(tiny_clip):
+    clip = tiny_clip[0]
     g = torch.Generator().manual_seed(7)
     wide = torch.rand(1, 3, 32, 48, generator=g) * 2 - 1  # shortest side already 32: crop only
     mean = torch.tensor(clip.image_mean).view(1, 3, 1, 1)
@@ -510,13 +526,10 @@ def test_clip_preprocess_resizes_shortest_side_and_center_crops(tiny_clip_folder
     assert clip.preprocess(torch.zeros(2, 3, 64, 80)).shape == (2, 3, 32, 32)
 
 
-def test_clipsim_and_frame_consistency_match_manual_computation(tiny_clip_folder):
-    from transformers import CLIPModel
-
+def test_clipsim_and_frame_consistency_match_manual_computation(tiny_clip_folder, tiny_clip):
     from vidiff.models.tokenizer import OpenCLIPTokenizer
 
-    clip = load_clip(tiny_clip_folder)
-    reference = CLIPModel.from_pretrained(str(tiny_clip_folder), local_files_only=True).eval()
+    clip, reference = tiny_clip
     g = torch.Generator().manual_seed(8)
     videos = torch.rand(2, 3, 4, 32, 32, generator=g) * 2 - 1
     prompts = ["a dog running on grass", "fireworks at night"]
@@ -536,6 +549,7 @@ def test_clipsim_and_frame_consistency_match_manual_computation(tiny_clip_folder
     assert raw["value"] == pytest.approx(np.mean([float(c.mean()) for c in cos]), abs=1e-6)
     assert result["protocol"]["scale"] == 100.0 and result["protocol"]["num_frames"] == 4
     assert result["protocol"]["clip"]["image_size"] == 32
+    assert CLIPSIMProtocol.from_dict(result["protocol"]).clip == clip.protocol
 
     consistency = clip_frame_consistency(videos, clip)
     manual = np.mean([float((e[:-1] * e[1:]).sum(-1).mean()) for e in images])
@@ -546,6 +560,30 @@ def test_clipsim_and_frame_consistency_match_manual_computation(tiny_clip_folder
         clipsim(videos, prompts[:1], clip)
     with pytest.raises(FileNotFoundError):
         load_clip(tiny_clip_folder / "absent")
+
+
+def test_clip_folder_tokenizer_is_used_and_matches_bundled_one(tmp_path, tiny_clip_folder, tiny_clip):
+    """A folder shipping a Hugging Face tokenizer uses it; with the CLIP vocabulary it embeds text like vidiff's BPE."""
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    from vidiff.models.tokenizer import EOT_TEXT, SOT_TEXT, OpenCLIPTokenizer
+
+    bundled = OpenCLIPTokenizer()
+    renamed = {SOT_TEXT: "<|startoftext|>", EOT_TEXT: "<|endoftext|>"}
+    (tmp_path / "vocab.json").write_text(json.dumps({renamed.get(k, k): v for k, v in bundled._ids.items()}))
+    merges = sorted(bundled._merge_rank, key=bundled._merge_rank.get)
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    folder = tmp_path / "clip_with_tokenizer"
+    shutil.copytree(tiny_clip_folder, folder)
+    CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")).save_pretrained(str(folder))
+    clip = load_clip(folder)
+    assert clip.protocol.tokenizer.startswith("Hugging Face tokenizer")
+    prompts = ["A red ball, bouncing!", "naïve café at 3 o'clock"]
+    ids = clip.tokenizer(prompts)
+    assert ids.shape == (2, 77) and ids[0, 0] == 49406
+    np.testing.assert_allclose(clip.encode_text(prompts), tiny_clip[0].encode_text(prompts), atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -622,8 +660,10 @@ def test_video_psnr_ssim_per_frame_protocol():
     assert s["value"] == pytest.approx(manual, abs=1e-6)
     assert s["protocol"]["window"] == "Gaussian 11x11, sigma 1.5" and s["protocol"]["k2"] == 0.03
     assert video_ssim(real, real)["value"] == pytest.approx(1.0, abs=1e-9)
-    with pytest.raises(ValueError, match="different numbers"):
+    with pytest.raises(ValueError, match="same shape"):
         video_psnr(real, fake[:1])
+    with pytest.raises(ValueError, match="different numbers"):
+        video_psnr([real[:1], real[1:]], [fake[:1]])
 
 
 def test_pixel_frame_consistency():
@@ -640,6 +680,7 @@ def test_pixel_frame_consistency():
     result = pixel_frame_consistency(videos)
     np.testing.assert_allclose(result["per_video"], manual, rtol=1e-6)
     assert result["protocol"]["space"] == "pixel" and result["protocol"]["clip"] is None
+    assert FrameConsistencyProtocol.from_dict(result["protocol"]).to_dict() == result["protocol"]
 
 
 # --------------------------------------------------------------------------------------------------------------------

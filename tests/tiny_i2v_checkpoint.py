@@ -13,7 +13,7 @@ schedule buffers. Synthesised with seeded random values in the official layout (
   infer either (it assumes 64-wide heads when none are given).
 
 Usage: ``python tests/tiny_i2v_checkpoint.py OUT.ckpt``; convert with ``family="dc_512"``,
-``num_head_channels=UNET_HEAD_CHANNELS`` and ``text_heads=TEXT_HEADS``.
+``HeadCounts(unet_head_channels=UNET_HEAD_CHANNELS, text_heads=TEXT_HEADS)``.
 """
 
 from __future__ import annotations

@@ -67,18 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .conversion.lvdm import convert_checkpoint
+    from .conversion.lvdm import HeadCounts, convert_checkpoint
 
     start = time.time()
     converted = convert_checkpoint(
         args.checkpoint,
         args.out_dir,
         args.family,
-        num_head_channels=args.num_head_channels,
-        text_heads=args.text_heads,
-        image_heads=args.image_heads,
-        projector_heads=args.projector_heads,
-        projector_dim_head=args.projector_dim_head,
+        heads=HeadCounts(
+            args.num_head_channels, args.text_heads, args.image_heads, args.projector_heads, args.projector_dim_head
+        ),
         dtype=_dtype(args.dtype),
         overwrite=args.overwrite,
     )

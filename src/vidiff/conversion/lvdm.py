@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..diffusion.schedule import NoiseSchedule, schedule_from_official_params
+from ..diffusion.schedule import OFFICIAL_BUFFER_NAMES, NoiseSchedule, schedule_from_official_params
 from .common import ConversionError, load_official_state_dict, strip_prefix
 from .component import ConvertedComponent
 from .text_encoder import convert_text_encoder
@@ -30,21 +30,18 @@ PROJECTOR_PREFIX = "image_proj_model."
 
 # The diffusion buffers the official LatentDiffusion registers (recomputed from the schedule config; when the
 # checkpoint holds real values they are compared with ours, so a checkpoint trained with another schedule is caught).
-SCHEDULE_BUFFERS = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-    "scale_arr",
-)
+SCHEDULE_BUFFERS = (*OFFICIAL_BUFFER_NAMES, "scale_arr")
+
+
+@dataclass(frozen=True)
+class HeadCounts:
+    """Attention head layouts, which the weights cannot show; ``None`` means the released models' value."""
+
+    unet_head_channels: int | None = None  # U-Net head width (64)
+    text_heads: int | None = None  # text encoder heads (width / 64)
+    image_heads: int | None = None  # image encoder heads (16 for ViT-H/14)
+    projector_heads: int | None = None  # Resampler heads (attention width / 64)
+    projector_dim_head: int | None = None  # Resampler head width (64)
 
 
 @dataclass(frozen=True)
@@ -157,14 +154,10 @@ def _check_schedule_buffers(sd: Mapping[str, torch.Tensor], schedule: NoiseSched
 def convert_state_dict(
     sd: Mapping[str, torch.Tensor],
     family: str | None = None,
-    *,
-    num_head_channels: int | None = None,
-    text_heads: int | None = None,
-    image_heads: int | None = None,
-    projector_heads: int | None = None,
-    projector_dim_head: int | None = None,
+    heads: HeadCounts | None = None,
 ) -> ConvertedCheckpoint:
     """Convert a flat official state dict (real or meta tensors) into vidiff components, accounting for every key."""
+    heads = heads or HeadCounts()
     name = family or detect_family(sd)
     if name not in FAMILIES:
         raise ConversionError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
@@ -173,18 +166,22 @@ def convert_state_dict(
         from .i2v import convert_i2v_components  # image encoder + projector converters
 
         extra = convert_i2v_components(
-            sd, fam, image_heads=image_heads, projector_heads=projector_heads, projector_dim_head=projector_dim_head
+            sd,
+            fam,
+            image_heads=heads.image_heads,
+            projector_heads=heads.projector_heads,
+            projector_dim_head=heads.projector_dim_head,
         )
     else:
         extra = {}
     unet_overrides = dict(fam.unet)
-    if num_head_channels is not None:
-        unet_overrides["num_head_channels"] = num_head_channels
+    if heads.unet_head_channels is not None:
+        unet_overrides["num_head_channels"] = heads.unet_head_channels
     components = {
         "unet": _component(sd, UNET_PREFIX, "U-Net", convert_unet, official_kwargs=None, flavour=fam.flavour,
                            **unet_overrides),
         "vae": _component(sd, VAE_PREFIX, "autoencoder", convert_vae),
-        "text_encoder": _component(sd, TEXT_PREFIX, "text encoder", convert_text_encoder, num_heads=text_heads),
+        "text_encoder": _component(sd, TEXT_PREFIX, "text encoder", convert_text_encoder, num_heads=heads.text_heads),
         **extra,
     }
     schedule = schedule_from_official_params(fam.model_params)
@@ -257,11 +254,7 @@ def convert_checkpoint(
     out_dir: str | os.PathLike,
     family: str | None = None,
     *,
-    num_head_channels: int | None = None,
-    text_heads: int | None = None,
-    image_heads: int | None = None,
-    projector_heads: int | None = None,
-    projector_dim_head: int | None = None,
+    heads: HeadCounts | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> ConvertedCheckpoint:
@@ -272,15 +265,7 @@ def convert_checkpoint(
     if out_dir.exists() and not overwrite:
         raise ConversionError(f"output folder {out_dir} already exists (use --overwrite to replace it)")
     sd = load_official_state_dict(checkpoint)
-    converted = convert_state_dict(
-        sd,
-        family,
-        num_head_channels=num_head_channels,
-        text_heads=text_heads,
-        image_heads=image_heads,
-        projector_heads=projector_heads,
-        projector_dim_head=projector_dim_head,
-    )
+    converted = convert_state_dict(sd, family, heads)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         save_model_folder(converted, tmp, dtype)
     return converted

@@ -5,7 +5,7 @@ Networks are never downloaded: I3D, Inception and CLIP weights are read from loc
 """
 
 from vidiff.eval.clip_score import CLIPEvaluator, clip_frame_consistency, clipsim, load_clip
-from vidiff.eval.frechet import feature_statistics, frechet_distance
+from vidiff.eval.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
 from vidiff.eval.i3d import InceptionI3D, VideoFeatures, extract_i3d_features, fvd, kvd, load_i3d, stack_features
 from vidiff.eval.image_quality import pixel_frame_consistency, psnr, ssim, video_psnr, video_ssim
 from vidiff.eval.inception import (
@@ -34,6 +34,7 @@ __all__ = [
     "feature_statistics",
     "fid",
     "frechet_distance",
+    "frechet_distance_from_features",
     "fvd",
     "inception_score",
     "inception_score_from_logits",

@@ -3,7 +3,10 @@
 d² = |mu1 - mu2|² + tr(S1 + S2 - 2 (S1 S2)^½), in float64. The default route is ``scipy.linalg.sqrtm`` on S1 S2, as in
 the reference FID / FVD code, so numbers stay comparable with published tables. ``method="eigh"`` computes the same
 trace as the eigenvalues of S1^½ S2 S1^½ (symmetric, so fast and stable even when there are fewer samples than feature
-dimensions); it is exact for covariance matrices and is useful for small or rank-deficient sets.
+dimensions); it is exact for covariance matrices and is useful for small or rank-deficient sets. From features,
+``frechet_distance_from_features(..., method="eigh")`` uses the same identity in its cheapest form when there are fewer
+samples than dimensions: with S_i = A_iᵀA_i (A_i the centred features over sqrt(n_i - 1)), tr (S1 S2)^½ is the sum of
+the singular values of A1 A2ᵀ, an n1 x n2 matrix.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import linalg
 
-__all__ = ["feature_statistics", "frechet_distance"]
+__all__ = ["feature_statistics", "frechet_distance", "frechet_distance_from_features"]
 
 SqrtmMethod = Literal["sqrtm", "eigh"]
 _METHODS = ("sqrtm", "eigh")
@@ -78,12 +81,18 @@ def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float
     return float(np.trace(covmean).real)
 
 
+def _sqrt_eigenvalues(w: np.ndarray) -> np.ndarray:
+    # Eigenvalues below the rounding level of the largest one are zeros of a rank-deficient matrix, not data: taking
+    # their square root would turn 1e-17 noise into 3e-9 per dimension.
+    w = np.where(w > np.abs(w).max(initial=0.0) * w.size * np.finfo(np.float64).eps, w, 0.0)
+    return np.sqrt(w)
+
+
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
-    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    root = (v * _sqrt_eigenvalues(w)) @ v.T
     m = root @ sigma2 @ root
-    eig = np.linalg.eigvalsh((m + m.T) / 2)
-    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+    return float(_sqrt_eigenvalues(np.linalg.eigvalsh((m + m.T) / 2)).sum())
 
 
 def frechet_distance(
@@ -106,4 +115,24 @@ def frechet_distance(
         tr_covmean = _trace_sqrt_product_sqrtm(sigma1, sigma2, float(eps))
     else:
         tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def frechet_distance_from_features(
+    features1: Any, features2: Any, eps: float = 1e-6, method: SqrtmMethod = "sqrtm"
+) -> float:
+    """Fréchet distance between Gaussians fitted to two ``(n, d)`` feature sets (unbiased covariances)."""
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    mu1, sigma1 = feature_statistics(features1)
+    mu2, sigma2 = feature_statistics(features2)
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"feature sets must have the same width, got {mu1.shape[0]} and {mu2.shape[0]}")
+    x, y = _as_float64(features1, "features1"), _as_float64(features2, "features2")
+    if method == "sqrtm" or min(x.shape[0], y.shape[0]) >= x.shape[1]:
+        return frechet_distance(mu1, sigma1, mu2, sigma2, eps=eps, method=method)
+    a1 = (x - mu1) / np.sqrt(x.shape[0] - 1)
+    a2 = (y - mu2) / np.sqrt(y.shape[0] - 1)
+    tr_covmean = float(np.linalg.svd(a1 @ a2.T, compute_uv=False).sum())
+    diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)

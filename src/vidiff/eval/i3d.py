@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidiff.eval.frechet import SqrtmMethod, feature_statistics, frechet_distance
+from vidiff.eval.frechet import SqrtmMethod, frechet_distance_from_features
 from vidiff.eval.kernel import kernel_distance
 from vidiff.eval.protocols import (
     FVDProtocol,
@@ -347,13 +347,13 @@ def fvd(
 
     Published FVDs use thousands of videos (2048 is common); with fewer videos than feature dimensions (400) the
     covariances are singular and the value is strongly biased upwards, so compare only numbers with equal counts.
+    ``sqrtm_method="eigh"`` gives the same quantity without ``scipy.linalg.sqrtm`` (faster, and exact on singular
+    covariances); the default keeps the reference route.
     """
     kwargs = dict(batch_size=batch_size, frames_per_clip=frames_per_clip, frame_stride=frame_stride,
                   start_frame=start_frame, resolution=resolution)
     real_f, fake_f = _features_pair(real_videos, fake_videos, i3d, kwargs)
-    mu1, s1 = feature_statistics(real_f.features)
-    mu2, s2 = feature_statistics(fake_f.features)
-    value = frechet_distance(mu1, s1, mu2, s2, eps=eps, method=sqrtm_method)
+    value = frechet_distance_from_features(real_f.features, fake_f.features, eps=eps, method=sqrtm_method)
     protocol = FVDProtocol(num_real=len(real_f), num_fake=len(fake_f), features=real_f.protocol,
                            sqrtm_method=sqrtm_method, eps=float(eps))
     return metric_result("fvd", value, protocol)

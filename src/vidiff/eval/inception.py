@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidiff.eval.frechet import SqrtmMethod, feature_statistics, frechet_distance
+from vidiff.eval.frechet import SqrtmMethod, frechet_distance_from_features
 from vidiff.eval.protocols import (
     FIDProtocol,
     ImageFeatureProtocol,
@@ -309,9 +309,7 @@ def fid(
     if real.protocol != fake.protocol:
         raise ValueError(f"real and fake features come from different protocols:\n  real: {real.protocol}\n"
                          f"  fake: {fake.protocol}")
-    mu1, s1 = feature_statistics(real.pool)
-    mu2, s2 = feature_statistics(fake.pool)
-    value = frechet_distance(mu1, s1, mu2, s2, eps=eps, method=sqrtm_method)
+    value = frechet_distance_from_features(real.pool, fake.pool, eps=eps, method=sqrtm_method)
     protocol = FIDProtocol(num_real=len(real), num_fake=len(fake), features=real.protocol,
                            sqrtm_method=sqrtm_method, eps=float(eps))
     return metric_result("fid", value, protocol)
