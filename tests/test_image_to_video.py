@@ -20,6 +20,7 @@ from PIL import Image
 from tiny_i2v_checkpoint import FAMILY, TEXT_HEADS, UNET_HEAD_CHANNELS, VIDEO_LENGTH, save_tiny_i2v_checkpoint
 
 from vidiff.cli import main as cli_main
+from vidiff.pipelines.base import PipelineError
 from vidiff.pipelines.image_io import (
     center_crop,
     load_image,
@@ -28,7 +29,6 @@ from vidiff.pipelines.image_io import (
     resize_short_side_center_crop,
 )
 from vidiff.pipelines.image_to_video import ImageToVideoPipeline
-from vidiff.pipelines.text_to_video import PipelineError
 
 H, W, T, STEPS = 16, 24, VIDEO_LENGTH, 2
 REPO = Path(__file__).resolve().parents[1]

@@ -340,7 +340,7 @@ def test_guided_denoiser_errors():
     model = _toy_model([])
     x, t = torch.zeros(2, 1, 1), torch.tensor([1, 2])
     ctx = torch.zeros(2, 1, 1)
-    with pytest.raises(ValueError, match="same keys"):
+    with pytest.raises(ValueError, match="same keyword arguments"):
         guided_denoiser(model, {"context": ctx}, {"context": ctx, "fps": 3}, 2.0)(x, t)
     with pytest.raises(ValueError, match="differs"):
         guided_denoiser(model, {"context": ctx, "fps": 3}, {"context": ctx, "fps": 4}, 2.0)(x, t)

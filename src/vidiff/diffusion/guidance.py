@@ -6,7 +6,7 @@ from a model and its conditional/unconditional keyword arguments, so guidance is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -67,34 +67,41 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
     return phi * rescaled + (1 - phi) * guided
 
 
-def _batch_size(x: torch.Tensor) -> int:
-    return x.shape[0]
-
-
-def _concat_kwargs(cond: Mapping[str, Any], uncond: Mapping[str, Any], batch: int) -> dict[str, Any]:
-    """Merge cond and uncond kwargs into one batch of 2b (cond first); non-tensors must agree and pass through."""
-    if set(cond) != set(uncond):
-        raise ValueError(
-            f"cond and uncond must have the same keys for batched guidance; cond only: {sorted(set(cond) - set(uncond))}, "
-            f"uncond only: {sorted(set(uncond) - set(cond))}"
-        )
+def stack_branch_kwargs(branches: Sequence[Mapping[str, Any]], batch: int) -> dict[str, Any]:
+    """Merge the kwargs of several guidance branches into one batch (branch-major); non-tensors must agree."""
+    keys = set(branches[0])
+    if any(set(br) != keys for br in branches[1:]):
+        raise ValueError(f"guidance branches must have the same keyword arguments, got {[sorted(br) for br in branches]}")
     merged: dict[str, Any] = {}
-    for key, c in cond.items():
-        u = uncond[key]
-        if isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor):
-            if c.ndim == 0 or u.ndim == 0 or c.shape[0] != batch or u.shape[0] != batch:
-                raise ValueError(
-                    f"kwarg {key!r}: tensors must have the batch size {batch} in dim 0 to be batched, "
-                    f"got {tuple(c.shape)} and {tuple(u.shape)}"
-                )
-            merged[key] = torch.cat([c, u], dim=0)
-        elif isinstance(c, torch.Tensor) or isinstance(u, torch.Tensor):
-            raise ValueError(f"kwarg {key!r} is a tensor in one branch only; cannot batch cond and uncond")
-        elif c != u:
-            raise ValueError(f"kwarg {key!r} differs between cond ({c!r}) and uncond ({u!r}) and is not a tensor")
+    for key in branches[0]:
+        values = [br[key] for br in branches]
+        if all(isinstance(v, torch.Tensor) for v in values):
+            if any(v.ndim == 0 or v.shape[0] != batch for v in values):
+                shapes = [tuple(v.shape) for v in values]
+                raise ValueError(f"kwarg {key!r}: every branch needs batch size {batch} in dim 0 to be batched, got {shapes}")
+            merged[key] = torch.cat(values, dim=0)
+        elif any(isinstance(v, torch.Tensor) for v in values):
+            raise ValueError(f"kwarg {key!r} is a tensor in some guidance branches only; cannot batch them")
+        elif any(v != values[0] for v in values[1:]):
+            raise ValueError(f"kwarg {key!r} differs between guidance branches ({values!r}) and is not a tensor")
         else:
-            merged[key] = c
+            merged[key] = values[0]
     return merged
+
+
+def run_branches(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    t: torch.Tensor,
+    branches: Sequence[Mapping[str, Any]],
+    batch: bool = True,
+) -> tuple[torch.Tensor, ...]:
+    """The model output of each guidance branch: one batched pass, or separate passes in the given order."""
+    if not batch:
+        return tuple(model(x, t, **kw) for kw in branches)
+    n = len(branches)
+    out = model(torch.cat([x] * n), torch.cat([t] * n), **stack_branch_kwargs(branches, x.shape[0]))
+    return out.chunk(n, dim=0)
 
 
 def guided_denoiser(
@@ -126,13 +133,7 @@ def guided_denoiser(
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if single:
             return model(x, t, **cond)
-        if batch:
-            b = _batch_size(x)
-            out = model(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), **_concat_kwargs(cond, uncond, b))
-            m_c, m_u = out.chunk(2, dim=0)
-        else:
-            m_c = model(x, t, **cond)
-            m_u = model(x, t, **uncond)
+        m_c, m_u = run_branches(model, x, t, (cond, uncond), batch)
         guided = classifier_free_guidance(m_c, m_u, scale)
         if rescale > 0.0:
             guided = rescale_guidance(guided, m_c, rescale)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .text_to_video import PipelineError
+from .base import PipelineError
 
 __all__ = [
     "ImageInput",

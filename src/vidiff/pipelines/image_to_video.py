@@ -23,13 +23,21 @@ from typing import Any
 
 import torch
 
-from ..diffusion.guidance import guided_denoiser, multi_condition_guidance, rescale_guidance
+from ..diffusion.guidance import guided_denoiser, multi_condition_guidance, rescale_guidance, run_branches
 from ..diffusion.sampling import Denoiser, sample_ddim
 from ..diffusion.schedule import NoiseSchedule
-from ..models.autoencoder import decode_video, encode_video, latent_channels_of, spatial_factor_of
+from ..models.autoencoder import encode_video, latent_channels_of
 from ..models.tokenizer import OpenCLIPTokenizer
+from .base import (
+    PipelineError,
+    VideoDiffusionPipeline,
+    VideoPipelineOutput,
+    as_prompt_list,
+    load_component,
+    read_model_index,
+    seeded_generator,
+)
 from .image_io import ImageInput, resize_exact, resize_short_side_center_crop
-from .text_to_video import OUTPUT_TYPES, PipelineError, VideoPipelineOutput, _as_list, load_component, read_model_index
 
 __all__ = [
     "FLAVOURS",
@@ -66,27 +74,6 @@ def unet_model_fn(unet: torch.nn.Module) -> Callable[..., torch.Tensor]:
     return model
 
 
-def _stack_kwargs(branches: Sequence[Mapping[str, Any]], batch: int) -> dict[str, Any]:
-    """Merge the kwargs of several guidance branches into one batch (branch-major); non-tensors must agree."""
-    keys = set(branches[0])
-    if any(set(br) != keys for br in branches[1:]):
-        raise ValueError(f"guidance branches must have the same keyword arguments, got {[sorted(br) for br in branches]}")
-    merged: dict[str, Any] = {}
-    for key in branches[0]:
-        values = [br[key] for br in branches]
-        if all(isinstance(v, torch.Tensor) for v in values):
-            if any(v.ndim == 0 or v.shape[0] != batch for v in values):
-                raise ValueError(f"kwarg {key!r}: every branch needs batch size {batch} in dim 0 to be batched")
-            merged[key] = torch.cat(values, dim=0)
-        elif any(isinstance(v, torch.Tensor) for v in values):
-            raise ValueError(f"kwarg {key!r} is a tensor in some guidance branches only; cannot batch them")
-        elif any(v != values[0] for v in values[1:]):
-            raise ValueError(f"kwarg {key!r} differs between guidance branches and is not a tensor")
-        else:
-            merged[key] = values[0]
-    return merged
-
-
 def image_guided_denoiser(
     model: Callable[..., torch.Tensor],
     cond: Mapping[str, Any],
@@ -120,11 +107,7 @@ def image_guided_denoiser(
     branches = (dict(cond), dict(uncond), dict(no_text))
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if batch:
-            out = model(torch.cat([x] * 3), torch.cat([t] * 3), **_stack_kwargs(branches, x.shape[0]))
-            e_c, e_u, e_ui = out.chunk(3, dim=0)
-        else:
-            e_c, e_u, e_ui = (model(x, t, **kw) for kw in branches)
+        e_c, e_u, e_ui = run_branches(model, x, t, branches, batch)
         guided = multi_condition_guidance(e_c, e_ui, e_u, guidance_scale, image_guidance_scale)
         if guidance_rescale > 0.0:
             guided = rescale_guidance(guided, e_c, guidance_rescale)
@@ -166,16 +149,6 @@ def concat_condition(first: torch.Tensor, num_frames: int, last: torch.Tensor | 
 # the pipeline
 
 
-def _load_module(folder: Path, name: str, cls: type, torch_dtype: torch.dtype | None) -> torch.nn.Module:
-    sub = folder / name
-    if not sub.is_dir():
-        raise PipelineError(f"model folder {folder} lacks its {name}/ component (is it an image-to-video model?)")
-    try:
-        return cls.from_pretrained(sub, torch_dtype=torch_dtype).eval()
-    except (FileNotFoundError, ValueError, OSError) as err:
-        raise PipelineError(f"cannot load {sub}: {err}") from None
-
-
 def _base_defaults(family: str | None, flavour: str) -> dict:
     from ..conversion.lvdm import FAMILIES
 
@@ -183,8 +156,10 @@ def _base_defaults(family: str | None, flavour: str) -> dict:
     return dict(fam.defaults)
 
 
-class ImageToVideoPipeline:
+class ImageToVideoPipeline(VideoDiffusionPipeline):
     """Image (+ optional prompt) → video with a DynamiCrafter or VideoCrafter1-i2v model folder."""
+
+    modules = ("unet", "vae", "text_encoder", "image_encoder", "image_projector")
 
     def __init__(
         self,
@@ -204,7 +179,7 @@ class ImageToVideoPipeline:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.image_encoder, self.image_projector = image_encoder, image_projector
         self.schedule, self.flavour, self.family = schedule, flavour, family
-        self.defaults = {**_base_defaults(family, flavour), **(defaults or {})}
+        super().__init__({**_base_defaults(family, flavour), **(defaults or {})})
         self._check_compatible()
 
     def _check_compatible(self) -> None:
@@ -245,9 +220,6 @@ class ImageToVideoPipeline:
         flavour = index.get("flavour")
         if flavour not in FLAVOURS:
             raise PipelineError(f"{folder}/model_index.json: flavour must be one of {FLAVOURS}, got {flavour!r}")
-        from ..models.image_encoder import OpenCLIPImageEncoder
-        from ..models.resampler import Resampler
-
         try:
             tokenizer = OpenCLIPTokenizer.from_pretrained(folder / "tokenizer")
             schedule = NoiseSchedule.from_pretrained(folder / "scheduler")
@@ -258,8 +230,8 @@ class ImageToVideoPipeline:
             vae=load_component(folder, "vae", None),  # cheap and precision-sensitive: always float32
             text_encoder=load_component(folder, "text_encoder", torch_dtype),
             tokenizer=tokenizer,
-            image_encoder=_load_module(folder, "image_encoder", OpenCLIPImageEncoder, torch_dtype),
-            image_projector=_load_module(folder, "image_projector", Resampler, torch_dtype),
+            image_encoder=load_component(folder, "image_encoder", torch_dtype),
+            image_projector=load_component(folder, "image_projector", torch_dtype),
             schedule=schedule,
             flavour=flavour,
             family=index.get("family"),
@@ -267,25 +239,12 @@ class ImageToVideoPipeline:
         )
         return pipe.to(device)
 
-    def to(self, device: str | torch.device) -> ImageToVideoPipeline:
-        for module in (self.unet, self.vae, self.text_encoder, self.image_encoder, self.image_projector):
-            module.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
     @property
     def fps_is_frame_stride(self) -> bool:
         """True for DynamiCrafter-256, whose ``fps`` input is the frame stride of its training clips."""
         return self.family in FRAME_STRIDE_FAMILIES
 
     # ------------------------------------------------------------------ conditioning
-    @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        return self.text_encoder(self.tokenizer(prompts).to(self.device))
-
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images (b, 3, H, W) in [-1, 1] → image context tokens projector(CLIP tokens)."""
@@ -306,20 +265,7 @@ class ImageToVideoPipeline:
         resize = resize_exact if self.flavour == "vc" else resize_short_side_center_crop
         return torch.cat([resize(item, height, width) for item in items])
 
-    def _resolve(self, name: str, value):
-        return self.defaults[name] if value is None else value
-
-    def _check_args(self, height, width, num_frames, steps, output_type, loop, last_image) -> None:
-        factor = spatial_factor_of(self.vae)
-        for what, v in (("height", height), ("width", width)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % factor:
-                raise PipelineError(f"{what} must be a positive multiple of {factor} (the autoencoder's factor), got {v!r}")
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise PipelineError(f"num_frames must be a positive integer, got {num_frames!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise PipelineError(f"num_inference_steps must be a positive integer, got {steps!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise PipelineError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    def _check_i2v_args(self, num_frames, loop, last_image) -> None:
         if loop and last_image is not None:
             raise PipelineError("loop and last_image are mutually exclusive: looping ends on the first image itself")
         if (loop or last_image is not None) and self.flavour != "dc":
@@ -369,22 +315,22 @@ class ImageToVideoPipeline:
         DynamiCrafter's multi-condition guidance (None: ordinary CFG). Random draws come from ``generator`` (or a CPU
         generator seeded with ``seed``) in this order: initial noise, image-latent posterior noise, per-step noise.
         """
-        num_frames = self._resolve("num_frames", num_frames)
-        height, width = self._resolve("height", height), self._resolve("width", width)
-        steps = self._resolve("num_inference_steps", num_inference_steps)
-        scale = float(self._resolve("guidance_scale", guidance_scale))
-        rescale = float(self._resolve("guidance_rescale", guidance_rescale))
-        fps = self._resolve("fps", fps)
-        eta = float(self._resolve("eta", eta))
-        spacing = self._resolve("timestep_spacing", timestep_spacing)
-        self._check_args(height, width, num_frames, steps, output_type, loop, last_image)
+        num_frames = self.resolve("num_frames", num_frames)
+        height, width = self.resolve("height", height), self.resolve("width", width)
+        steps = self.resolve("num_inference_steps", num_inference_steps)
+        scale = float(self.resolve("guidance_scale", guidance_scale))
+        rescale = float(self.resolve("guidance_rescale", guidance_rescale))
+        fps = self.resolve("fps", fps)
+        eta = float(self.resolve("eta", eta))
+        spacing = self.resolve("timestep_spacing", timestep_spacing)
+        self.check_args(height, width, num_frames, steps, output_type)
+        self._check_i2v_args(num_frames, loop, last_image)
         if isinstance(fps, bool) or not isinstance(fps, int) or fps < 0:
             raise PipelineError(f"fps must be a non-negative integer, got {fps!r}")
-        if generator is None and seed is not None:
-            generator = torch.Generator("cpu").manual_seed(int(seed))
+        generator = seeded_generator(generator, seed)
 
         images = self.preprocess_image(image, height, width)
-        prompts = _as_list(prompt, "prompt")
+        prompts = as_prompt_list(prompt, "prompt")
         b = max(len(prompts), images.shape[0])
         images = self._broadcast(images, b, "images")
         prompts = self._broadcast(prompts, b, "prompts")
@@ -393,10 +339,10 @@ class ImageToVideoPipeline:
             lasts = self._broadcast(self.preprocess_image(last_image, height, width), b, "last images")
         elif loop:
             lasts = images
-        negatives = self._broadcast(_as_list(negative_prompt, "negative_prompt") if negative_prompt is not None
+        negatives = self._broadcast(as_prompt_list(negative_prompt, "negative_prompt") if negative_prompt is not None
                                     else [""], b, "negative prompts")
 
-        dtype = next(self.unet.parameters()).dtype
+        dtype = self.dtype
         image_tokens = self.encode_image(images).to(dtype)
         context = torch.cat([self.encode_prompt(prompts).to(dtype), image_tokens], dim=1)
         guided = scale != 1.0
@@ -408,14 +354,7 @@ class ImageToVideoPipeline:
             if image_guidance_scale is not None:
                 no_text_context = torch.cat([text_u, image_tokens], dim=1)
 
-        factor = spatial_factor_of(self.vae)
-        shape = (b, self.unet.config.out_channels, num_frames, height // factor, width // factor)
-        if latents is None:
-            # Drawn on the CPU in float32 so that a seed gives the same video on every device and dtype.
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise PipelineError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        x_T = latents.to(self.device, torch.float32)
+        x_T = self.initial_latents(b, num_frames, height, width, latents, generator)
 
         extra: dict[str, torch.Tensor] = {}
         if self.flavour == "dc":
@@ -436,11 +375,4 @@ class ImageToVideoPipeline:
                         callback=callback, progress=progress)
         if loop:
             z = z[:, :, :-1]
-        if output_type == "latent":
-            return VideoPipelineOutput(frames=z, latents=z)
-        video = decode_video(self.vae, z.float(), chunk_size=decode_chunk_size)
-        if output_type == "pt":
-            return VideoPipelineOutput(frames=video, latents=z)
-        from ..utils.video import batch_to_uint8_frames
-
-        return VideoPipelineOutput(frames=batch_to_uint8_frames(video), latents=z)
+        return self.finish(z, output_type, decode_chunk_size)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,65 +11,24 @@ import torch
 from ..diffusion.guidance import guided_denoiser
 from ..diffusion.sampling import sample_ddim, sample_ddpm
 from ..diffusion.schedule import NoiseSchedule
-from ..models.autoencoder import decode_video, spatial_factor_of
 from ..models.tokenizer import OpenCLIPTokenizer
+from .base import (
+    OUTPUT_TYPES,
+    PipelineError,
+    VideoDiffusionPipeline,
+    VideoPipelineOutput,
+    as_prompt_list,
+    load_component,
+    read_model_index,
+    seeded_generator,
+)
 
-OUTPUT_TYPES = ("pt", "np", "latent")
+__all__ = ["OUTPUT_TYPES", "SAMPLERS", "PipelineError", "TextToVideoPipeline", "VideoPipelineOutput"]
+
 SAMPLERS = ("ddim", "ddpm")
 
 
-@dataclass
-class VideoPipelineOutput:
-    """``frames``: uint8 (b, t, H, W, 3) for "np"; float (b, 3, t, H, W) in [-1, 1] for "pt"; latents for "latent"."""
-
-    frames: torch.Tensor
-    latents: torch.Tensor
-
-
-class PipelineError(ValueError):
-    """Bad pipeline arguments or a model folder that cannot be loaded."""
-
-
-def read_model_index(folder: str | os.PathLike) -> dict:
-    path = Path(folder)
-    if not path.is_dir():
-        raise PipelineError(f"model folder not found: {path}")
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise PipelineError(f"{path} is not a vidiff model folder (no model_index.json); convert a checkpoint first")
-    try:
-        return json.loads(index.read_text())
-    except json.JSONDecodeError as err:
-        raise PipelineError(f"{index} is not valid JSON: {err}") from None
-
-
-def load_component(folder: Path, name: str, torch_dtype: torch.dtype | None) -> torch.nn.Module:
-    from ..models.autoencoder import LDMAutoencoderKL
-    from ..models.text_encoder import OpenCLIPTextEncoder
-    from ..models.unet3d import UNet3DModel
-
-    loaders: dict[str, Callable] = {
-        "unet": UNet3DModel.from_pretrained,
-        "vae": LDMAutoencoderKL.from_pretrained,
-        "text_encoder": OpenCLIPTextEncoder.from_pretrained,
-    }
-    sub = folder / name
-    if not sub.is_dir():
-        raise PipelineError(f"model folder {folder} lacks its {name}/ component")
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    return loaders[name](sub, **kwargs).eval()
-
-
-def _as_list(prompt: str | list[str], what: str) -> list[str]:
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts:
-        raise PipelineError(f"{what} list is empty")
-    if not all(isinstance(p, str) for p in prompts):
-        raise PipelineError(f"{what} must be a string or a list of strings")
-    return prompts
-
-
-class TextToVideoPipeline:
+class TextToVideoPipeline(VideoDiffusionPipeline):
     """Prompt → video: OpenCLIP text encoding, DDIM (or DDPM) sampling of the 3D U-Net with CFG, per-frame decoding."""
 
     def __init__(
@@ -83,61 +40,28 @@ class TextToVideoPipeline:
         schedule: NoiseSchedule,
         defaults: dict | None = None,
     ):
+        super().__init__(defaults)
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.schedule = schedule
-        self.defaults = {
-            "num_frames": 16,
-            "height": 320,
-            "width": 512,
-            "num_inference_steps": 50,
-            "guidance_scale": 12.0,
-            "guidance_rescale": 0.0,
-            "eta": 1.0,
-            "fps": 16,
-            "timestep_spacing": "uniform",
-            **(defaults or {}),
-        }
 
     @classmethod
     def from_pretrained(
         cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
     ) -> TextToVideoPipeline:
+        """Load a model folder; ``torch_dtype`` applies to the U-Net and text encoder (the autoencoder stays fp32)."""
         folder = Path(folder)
         index = read_model_index(folder)
+        if index.get("_class_name") not in (None, "TextToVideoPipeline"):
+            raise PipelineError(f"{folder} holds a {index['_class_name']!r} model; use the matching pipeline (vidiff animate)")
         pipe = cls(
             unet=load_component(folder, "unet", torch_dtype),
-            vae=load_component(folder, "vae", None),  # the autoencoder stays in fp32: it is cheap and precision-sensitive
+            vae=load_component(folder, "vae", None),
             text_encoder=load_component(folder, "text_encoder", torch_dtype),
             tokenizer=OpenCLIPTokenizer.from_pretrained(folder / "tokenizer"),
             schedule=NoiseSchedule.from_pretrained(folder / "scheduler"),
             defaults=index.get("defaults"),
         )
         return pipe.to(device)
-
-    def to(self, device: str | torch.device) -> TextToVideoPipeline:
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(prompts).to(self.device)
-        return self.text_encoder(tokens)
-
-    def _resolve(self, name: str, value):
-        return self.defaults[name] if value is None else value
-
-    def _check_size(self, height: int, width: int, num_frames: int) -> None:
-        factor = spatial_factor_of(self.vae)
-        for what, v in (("height", height), ("width", width)):
-            if not isinstance(v, int) or v <= 0 or v % factor:
-                raise PipelineError(f"{what} must be a positive multiple of {factor} (the autoencoder's factor), got {v!r}")
-        if not isinstance(num_frames, int) or num_frames < 1:
-            raise PipelineError(f"num_frames must be a positive integer, got {num_frames!r}")
 
     @torch.no_grad()
     def __call__(
@@ -162,43 +86,31 @@ class TextToVideoPipeline:
         progress: bool = True,
         callback: Callable | None = None,
     ) -> VideoPipelineOutput:
-        prompts = _as_list(prompt, "prompt")
-        num_frames, height, width = (self._resolve(k, v) for k, v in
+        """Generate one video per prompt. Unset arguments take the model folder's defaults (the official scripts')."""
+        prompts = as_prompt_list(prompt, "prompt")
+        num_frames, height, width = (self.resolve(k, v) for k, v in
                                      (("num_frames", num_frames), ("height", height), ("width", width)))
-        steps = self._resolve("num_inference_steps", num_inference_steps)
-        scale = float(self._resolve("guidance_scale", guidance_scale))
-        rescale = float(self._resolve("guidance_rescale", guidance_rescale))
-        fps = self._resolve("fps", fps)
-        eta = float(self._resolve("eta", eta))
-        spacing = self._resolve("timestep_spacing", timestep_spacing)
-        self._check_size(height, width, num_frames)
-        if not isinstance(steps, int) or steps < 1:
-            raise PipelineError(f"num_inference_steps must be a positive integer, got {steps!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise PipelineError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        steps = self.resolve("num_inference_steps", num_inference_steps)
+        scale = float(self.resolve("guidance_scale", guidance_scale))
+        rescale = float(self.resolve("guidance_rescale", guidance_rescale))
+        fps = self.resolve("fps", fps)
+        eta = float(self.resolve("eta", eta))
+        spacing = self.resolve("timestep_spacing", timestep_spacing)
+        self.check_args(height, width, num_frames, steps, output_type)
         if sampler not in SAMPLERS:
             raise PipelineError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if generator is None and seed is not None:
-            generator = torch.Generator("cpu").manual_seed(int(seed))
+        generator = seeded_generator(generator, seed)
 
         b = len(prompts)
-        negatives = _as_list(negative_prompt, "negative_prompt") if negative_prompt is not None else [""]
+        negatives = as_prompt_list(negative_prompt, "negative_prompt") if negative_prompt is not None else [""]
         if len(negatives) == 1:
             negatives = negatives * b
         if len(negatives) != b:
             raise PipelineError(f"{len(negatives)} negative prompts for {b} prompts")
-        dtype = next(self.unet.parameters()).dtype
+        dtype = self.dtype
         context = self.encode_prompt(prompts).to(dtype)
         uncond_context = self.encode_prompt(negatives).to(dtype) if scale != 1.0 else None
-
-        factor = spatial_factor_of(self.vae)
-        shape = (b, self.unet.config.out_channels, num_frames, height // factor, width // factor)
-        if latents is None:
-            # Drawn on the CPU in float32 so a seed gives the same video on every device and dtype.
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise PipelineError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        x_T = latents.to(self.device)
+        x_T = self.initial_latents(b, num_frames, height, width, latents, generator)
 
         fps_tensor = torch.full((b,), int(fps), dtype=torch.long, device=self.device)
         cond = {"context": context, "fps": fps_tensor}
@@ -214,11 +126,4 @@ class TextToVideoPipeline:
         else:
             z = sample_ddpm(denoise, x_T, self.schedule, generator=generator, callback=callback, progress=progress,
                             num_steps=steps)
-        if output_type == "latent":
-            return VideoPipelineOutput(frames=z, latents=z)
-        video = decode_video(self.vae, z.float(), chunk_size=decode_chunk_size)
-        if output_type == "pt":
-            return VideoPipelineOutput(frames=video, latents=z)
-        from ..utils.video import batch_to_uint8_frames
-
-        return VideoPipelineOutput(frames=batch_to_uint8_frames(video), latents=z)
+        return self.finish(z, output_type, decode_chunk_size)
