@@ -344,7 +344,7 @@ def test_guided_denoiser_errors():
         guided_denoiser(model, {"context": ctx}, {"context": ctx, "fps": 3}, 2.0)(x, t)
     with pytest.raises(ValueError, match="differs"):
         guided_denoiser(model, {"context": ctx, "fps": 3}, {"context": ctx, "fps": 4}, 2.0)(x, t)
-    with pytest.raises(ValueError, match="one branch"):
+    with pytest.raises(ValueError, match="some guidance branches only"):
         guided_denoiser(model, {"context": ctx, "fps": 3}, {"context": ctx, "fps": torch.tensor([3, 3])}, 2.0)(x, t)
     with pytest.raises(ValueError, match="rescale"):
         guided_denoiser(model, {}, {}, 2.0, rescale=2.0)
