@@ -8,14 +8,7 @@ import sys
 import time
 
 from . import cli_animate
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def _dtype(name: str | None):
-    import torch
-
-    return None if name is None else getattr(torch, DTYPES[name])
+from .cli_common import DTYPES, add_sampling_args, check_runtime_args, torch_dtype, write_outputs
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -38,23 +31,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate a video from a text prompt")
     p.add_argument("prompt", help="text prompt")
     p.add_argument("--model", help="vidiff model folder (from `vidiff convert`)")
-    p.add_argument("-o", "--output", default="outputs/video.mp4", help="output .mp4 path (default outputs/video.mp4)")
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
-    p.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1]")
-    p.add_argument("--eta", type=float, help="DDIM eta (default: the model's, 1.0 for the official scripts)")
-    p.add_argument("--frames", type=int, help="number of frames")
-    p.add_argument("--fps", type=int, help="fps conditioning (and playback rate of the mp4)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    add_sampling_args(p, "outputs/video.mp4")
+    p.add_argument("--fps", type=int, help="fps conditioning and playback rate (default: the model's)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="U-Net/text encoder compute dtype")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--gif", action="store_true", help="also write <stem>.gif")
-    p.add_argument("--sheet", action="store_true", help="also write a PNG contact sheet <stem>_sheet.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +56,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         heads=HeadCounts(
             args.num_head_channels, args.text_heads, args.image_heads, args.projector_heads, args.projector_dim_head
         ),
-        dtype=_dtype(args.dtype),
+        dtype=torch_dtype(args.dtype),
         overwrite=args.overwrite,
     )
     print(f"family: {converted.family.name} ({converted.family.task})")
@@ -91,21 +70,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
     from .pipelines.text_to_video import TextToVideoPipeline
-    from .utils.video import save_video_outputs
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
     if args.model is None:
         raise ValueError("no --model given: pass a model folder made by `vidiff convert`")
-    if not args.output.endswith(".mp4"):
-        raise ValueError(f"--output must end in .mp4, got {args.output}")
+    check_runtime_args(args)
     start = time.time()
-    pipe = TextToVideoPipeline.from_pretrained(args.model, torch_dtype=_dtype(args.dtype), device=args.device)
+    pipe = TextToVideoPipeline.from_pretrained(args.model, torch_dtype=torch_dtype(args.dtype), device=args.device)
     fps = args.fps if args.fps is not None else pipe.defaults["fps"]
     out = pipe(
         args.prompt,
@@ -121,10 +94,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         sampler=args.sampler,
     )
-    paths = save_video_outputs(out.frames[0], args.output, fps=fps, gif=args.gif, contact_sheet=args.sheet)
-    print(f"generated {tuple(out.frames.shape[1:4])} (frames, height, width) in {time.time() - start:.1f} s")
-    for path in paths:
-        print(f"wrote {path}")
+    write_outputs(out.frames, args, fps, start, "generated")
     return 0
 
 
