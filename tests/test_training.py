@@ -294,7 +294,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
 
 
 def test_kill_9_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
-    cfg = tiny_config(tmp_path / "run", train={"max_steps": 8}, checkpoint={"every": 1, "keep_last": 2})
+    cfg = tiny_config(tmp_path / "run", train={"max_steps": 6}, checkpoint={"every": 1, "keep_last": 2})
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "vidiff.cli_train", str(path)]
@@ -320,10 +320,10 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout and f"at step {killed_at}" in done.stdout
-    assert list_checkpoints(ckpts)[-1][0] == 8
+    assert list_checkpoints(ckpts)[-1][0] == 6
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".")]
     # Same final weights as an uninterrupted run of the same config.
-    reference = run_config(tiny_config(tmp_path / "ref", train={"max_steps": 8}, checkpoint={"every": 4}))
+    reference = run_config(tiny_config(tmp_path / "ref", train={"max_steps": 6}, checkpoint={"every": 6}))
     assert reference.finished
     assert_same_tensors(final_weights(tmp_path / "run"), final_weights(tmp_path / "ref"))
 
@@ -383,6 +383,8 @@ def test_autoencoder_training_kl_model_and_generic_module(tmp_path):
         "task": "autoencoder",
         "model": {"vae": {"config": {**TINY_VAE, "block_out_channels": [32, 32]} | {
             "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2}}},
+        "data": {"videos": {"type": "shapes", "height": 32, "width": 32, "num_frames": 4, "length": 2, "seed": 5},
+                 "batch_size": 2},  # one fixed batch: the loss must fall
         "optim": {"lr": 2e-3},
         "train": {"max_steps": 6, "ema": False, "threads": 1, "recon_loss": "l1+l2"},
         "sample": {"at_end": True, "num_reconstructions": 2},

@@ -101,6 +101,7 @@ _PALETTE = np.array([COLOURS[c] for c in _PALETTE_NAMES], dtype=np.float64)  # (
 _BG_NAMES = tuple(BACKGROUNDS)
 _BG_PALETTE = np.array([BACKGROUNDS[b] for b in _BG_NAMES], dtype=np.float64)
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
+_CONFIDENT = 0.6  # a pixel at >= 60 % of the way from the background to a palette colour votes for that colour
 
 
 @dataclass(frozen=True)
@@ -161,10 +162,11 @@ class ProbeScore:
 
 @dataclass(frozen=True)
 class DetectedObject:
-    """One object in one frame. ``alpha`` is its soft coverage (H, W) in [0, 1]; centroid is (x, y) in pixels."""
+    """One object in one frame. ``rgb`` is its colour (median of its strong pixels, a mean that edge pixels mixed with a
+    touching object cannot drag), ``alpha`` its soft coverage (H, W) in [0, 1]; ``centroid`` is (x, y) in pixels."""
 
     colour: str
-    mean_rgb: tuple[float, float, float]
+    rgb: tuple[float, float, float]
     colour_spread: float
     pixels: int
     area: float
@@ -355,7 +357,7 @@ def _describe(
     support[win] = local_support
     return DetectedObject(
         colour=nearest_colour(mean),
-        mean_rgb=(float(mean[0]), float(mean[1]), float(mean[2])),
+        rgb=(float(mean[0]), float(mean[1]), float(mean[2])),
         colour_spread=spread,
         pixels=int(support_core.sum()),
         area=area,
@@ -379,8 +381,7 @@ def segment_frame(
     """Objects in one frame (H, W, 3) uint8 or float in [0, 1], largest first, without any ground truth."""
     th = thresholds or ProbeThresholds()
     world = world or ShapesWorld()
-    if frame.dtype == np.uint8:
-        frame = frame.astype(np.float64) / 255.0
+    frame = _as_float_frame(frame)
     bg = _border_median(frame) if background is None else background
     diff = frame - bg[None, None]
     fg = np.linalg.norm(diff, axis=2) > th.foreground
@@ -408,11 +409,25 @@ def segment_frame(
     return found
 
 
+def _as_float_frame(frame: Any) -> np.ndarray:
+    if isinstance(frame, torch.Tensor):
+        frame = frame.detach().cpu().numpy()
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or min(frame.shape[:2]) < 3:
+        raise ValueError(
+            f"expected one frame (H, W, 3), uint8 or float in [0, 1]; got {getattr(frame, 'shape', frame)}"
+        )
+    if frame.dtype == np.uint8:
+        return frame.astype(np.float64) / 255.0
+    if not np.issubdtype(frame.dtype, np.floating) or not np.isfinite(frame).all():
+        raise ValueError(f"a frame must be uint8 or finite floats in [0, 1], got dtype {frame.dtype}")
+    return frame.astype(np.float64, copy=False)
+
+
 def _split_by_colour(blob: np.ndarray, diff: np.ndarray, bg: np.ndarray, th: ProbeThresholds) -> list[np.ndarray]:
     """One blob, or its pieces when its confident pixels lie on two or more palette colours (touching objects)."""
     idx = np.flatnonzero(blob.ravel())
     label, strength = _explain(diff.reshape(-1, 3)[idx], bg)
-    confident = strength >= 0.6
+    confident = strength >= _CONFIDENT
     counts = np.bincount(label[confident], minlength=len(_PALETTE))
     n_conf = int(confident.sum())
     significant = np.flatnonzero(counts >= max(3, th.split_fraction * max(n_conf, 1)))
@@ -561,7 +576,7 @@ def _colour_probe(name: str, track: Track | None, expected: str) -> ProbeScore:
         return _missing(name, expected)
     votes = Counter(o.colour for _, o in track.present())
     ok = track.colour == expected
-    mean = np.mean([o.mean_rgb for _, o in track.present()], axis=0)
+    mean = np.mean([o.rgb for _, o in track.present()], axis=0)
     rgb = "(" + ", ".join(f"{round(255 * v)}" for v in mean) + ")"
     reason = f"object colour {rgb} is nearest to {track.colour}" + ("" if ok else f", not {expected}")
     return ProbeScore(name, ok, float(ok), expected, track.colour, reason + f" ({sum(votes.values())} frames)")
@@ -643,7 +658,7 @@ def _consistency_probe(track: Track | None, th: ProbeThresholds) -> ProbeScore:
     present = track.present()
     n = len(track.objects)
     areas = np.array([o.area for _, o in present])
-    colours = np.array([o.mean_rgb for _, o in present])
+    colours = np.array([o.rgb for _, o in present])
     shapes = [o.shape for _, o in present]
     checks = {
         "presence": (track.presence >= th.min_presence, f"found in {len(present)}/{n} frames"),
@@ -690,7 +705,7 @@ def _flicker_probe(analysis: VideoAnalysis, track: Track | None, th: ProbeThresh
     if track is None or sum(o is not None for o in track.objects) < 2:
         reason = f"background flicker {bg_flicker:.2f} levels; no object to follow"
         return ProbeScore("flicker", False, 0.0, "steady", {"background": bg_flicker, "object": None}, reason)
-    cols = [np.array(o.mean_rgb) if o is not None else None for o in track.objects]
+    cols = [np.array(o.rgb) if o is not None else None for o in track.objects]
     diffs = [np.abs(a - b).mean() * 255.0 for a, b in zip(cols[:-1], cols[1:]) if a is not None and b is not None]
     obj_flicker = float(np.mean(diffs)) if diffs else float("inf")
     ok = bg_flicker <= th.max_background_flicker and obj_flicker <= th.max_object_flicker
@@ -700,13 +715,6 @@ def _flicker_probe(analysis: VideoAnalysis, track: Track | None, th: ProbeThresh
     )
     score = 1.0 / (1.0 + max(bg_flicker / th.max_background_flicker, obj_flicker / th.max_object_flicker))
     return ProbeScore("flicker", ok, score, "steady", {"background": bg_flicker, "object": obj_flicker}, reason)
-
-
-def _image_quality(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """PSNR (dB) and SSIM of two uint8 (H, W, 3) images, with the package's shared metric definitions."""
-    x = torch.from_numpy(a).permute(2, 0, 1).double() / 255.0
-    y = torch.from_numpy(b).permute(2, 0, 1).double() / 255.0
-    return float(psnr(x, y, 1.0)), float(ssim(x, y, 1.0))
 
 
 def _same_object(a: DetectedObject, b: DetectedObject, max_shift: float, th: ProbeThresholds) -> str | None:
@@ -726,8 +734,7 @@ def _same_object(a: DetectedObject, b: DetectedObject, max_shift: float, th: Pro
 
 def _first_frame_probe(
     analysis: VideoAnalysis,
-    frame0: np.ndarray,
-    condition: np.ndarray,
+    quality: tuple[float, float],
     cond_objects: list[DetectedObject],
     world: ShapesWorld,
     th: ProbeThresholds,
@@ -736,7 +743,7 @@ def _first_frame_probe(
 
     The object check matters because a small object on a flat background barely moves PSNR / SSIM.
     """
-    p, s = _image_quality(frame0, condition)
+    p, s = quality
     problems = []
     if p < th.min_first_frame_psnr:
         problems.append(f"PSNR {p:.1f} dB < {th.min_first_frame_psnr}")
@@ -819,7 +826,7 @@ class ProbeResult:
         }
 
 
-def _check_stride(stride: int | None, world: ShapesWorld) -> int | None:
+def _check_stride(stride: int | None) -> int | None:
     if stride is None:
         return None
     if isinstance(stride, bool) or not isinstance(stride, int | np.integer) or stride < 1:
@@ -827,36 +834,49 @@ def _check_stride(stride: int | None, world: ShapesWorld) -> int | None:
     return int(stride)
 
 
-def probe_video(
-    video_uint8: Any,
-    prompt: str,
-    world_config: ShapesWorldConfig | None = None,
-    condition_image: Any = None,
-    stride: int | None = None,
-    thresholds: ProbeThresholds | None = None,
-) -> ProbeResult:
-    """Run every applicable probe on one generated clip (T, H, W, 3) uint8.
+@dataclass
+class _Checked:
+    """One validated probe request."""
 
-    ``stride`` (frame stride the clip was generated at, fps = base_fps / stride) sharpens the still-vs-moving decision
-    and enables the speed probe; without it the world's smallest stride is assumed. ``condition_image`` (H, W, 3) uint8
-    adds the image-to-video probes (first-frame fidelity, identity kept).
-    """
+    frames: np.ndarray
+    prompt: str
+    attrs: CaptionAttributes
+    stride: int | None
+    condition: np.ndarray | None
+
+
+def _check_request(
+    video: Any, prompt: str, world: ShapesWorld, condition_image: Any, stride: int | None, what: str = "video_uint8"
+) -> _Checked:
     attrs = parse_prompt(prompt)
-    world = ShapesWorld(world_config)
-    th = thresholds or ProbeThresholds()
-    frames = _as_uint8_frames(video_uint8, "video_uint8")
-    t, h, w, _ = frames.shape
+    frames = _as_uint8_frames(video, what)
+    _, h, w, _ = frames.shape
     if (h, w) != (world.config.height, world.config.width):
         raise ValueError(
-            f"video is {h}x{w} but the world config is {world.config.height}x{world.config.width}; pass the "
+            f"{what} is {h}x{w} but the world config is {world.config.height}x{world.config.width}; pass the "
             "ShapesWorldConfig the model was trained on (sizes and speeds are relative to the frame)"
         )
-    stride = _check_stride(stride, world)
     condition = None
     if condition_image is not None:
         condition = _as_uint8_image(condition_image, "condition_image")
         if condition.shape != (h, w, 3):
             raise ValueError(f"condition_image must be ({h}, {w}, 3) like the video frames, got {condition.shape}")
+    return _Checked(frames, prompt, attrs, _check_stride(stride), condition)
+
+
+def _image_quality_batch(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, float]]:
+    """PSNR (dB) and SSIM of uint8 (H, W, 3) image pairs, in one call of the package's shared metrics."""
+    if not pairs:
+        return []
+    x = torch.from_numpy(np.stack([a for a, _ in pairs])).permute(0, 3, 1, 2).double() / 255.0
+    y = torch.from_numpy(np.stack([b for _, b in pairs])).permute(0, 3, 1, 2).double() / 255.0
+    return list(zip(psnr(x, y, 1.0).tolist(), ssim(x, y, 1.0).tolist()))
+
+
+def _probe(
+    req: _Checked, world: ShapesWorld, th: ProbeThresholds, quality: tuple[float, float] | None = None
+) -> ProbeResult:
+    frames, attrs, stride, t = req.frames, req.attrs, req.stride, len(req.frames)
     analysis = analyse_video(frames, world.config, stride, th)
     primary, second = _assign(analysis.tracks, attrs)
     p = attrs.primary
@@ -879,11 +899,32 @@ def probe_video(
         scores["second_shape"] = _shape_probe("second_shape", second, s.shape)
         if s.motion is not None and t >= 2:
             scores["second_motion"] = _motion_probe("second_motion", second, s.motion, world, t, stride, th)
-    if condition is not None:
-        cond_objects = segment_frame(condition, world, th)
-        scores["first_frame"] = _first_frame_probe(analysis, frames[0], condition, cond_objects, world, th)
+    if req.condition is not None:
+        if quality is None:
+            quality = _image_quality_batch([(frames[0], req.condition)])[0]
+        cond_objects = segment_frame(req.condition, world, th)
+        scores["first_frame"] = _first_frame_probe(analysis, quality, cond_objects, world, th)
         scores["identity"] = _identity_probe(analysis, cond_objects, attrs, th)
-    return ProbeResult(prompt=prompt, attributes=attrs, scores=scores)
+    return ProbeResult(prompt=req.prompt, attributes=attrs, scores=scores)
+
+
+def probe_video(
+    video_uint8: Any,
+    prompt: str,
+    world_config: ShapesWorldConfig | None = None,
+    condition_image: Any = None,
+    stride: int | None = None,
+    thresholds: ProbeThresholds | None = None,
+) -> ProbeResult:
+    """Run every applicable probe on one generated clip (T, H, W, 3) uint8.
+
+    ``stride`` (frame stride the clip was generated at, fps = base_fps / stride) sharpens the still-vs-moving decision
+    and enables the speed probe; without it the world's smallest stride is assumed. ``condition_image`` (H, W, 3) uint8
+    adds the image-to-video probes (first-frame fidelity, identity kept).
+    """
+    world = ShapesWorld(world_config)
+    req = _check_request(video_uint8, prompt, world, condition_image, stride)
+    return _probe(req, world, thresholds or ProbeThresholds())
 
 
 @dataclass
@@ -929,17 +970,14 @@ def probe_batch(
         strides = [strides] * n
     if len(strides) != n:
         raise ValueError(f"got {n} videos but {len(strides)} strides")
-    results = [
-        probe_video(
-            videos[i],
-            prompts[i],
-            world_config,
-            None if condition_images is None else condition_images[i],
-            strides[i],
-            thresholds,
-        )
-        for i in range(n)
-    ]
+    world = ShapesWorld(world_config)
+    th = thresholds or ProbeThresholds()
+    conditions = [None] * n if condition_images is None else list(condition_images)
+    reqs = [_check_request(videos[i], prompts[i], world, conditions[i], strides[i], f"videos[{i}]") for i in range(n)]
+    # PSNR / SSIM in one batched call: per-clip calls of small torch ops are slow on busy machines.
+    with_condition = [r for r in reqs if r.condition is not None]
+    qualities = iter(_image_quality_batch([(r.frames[0], r.condition) for r in with_condition]))
+    results = [_probe(r, world, th, next(qualities) if r.condition is not None else None) for r in reqs]
     accuracy: dict[str, float] = {}
     counts: dict[str, int] = {}
     for name in PROBE_NAMES:

@@ -42,6 +42,8 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 README_NAME = "README.md"
+TRAINING_NAME = "training.json"
+IN_CHANNELS = 7  # RGB, RGB minus background, foreground strength
 
 # Head name -> class names (order = logit index). "objects" is how many objects the clip shows.
 DEFAULT_HEADS: dict[str, tuple[str, ...]] = {
@@ -61,26 +63,33 @@ class ShapesClassifierConfig:
     num_frames: int = 16
     height: int = 64
     width: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 128)
+    appearance_frames: int = 4  # evenly spaced frames seen by the per-frame (2D) appearance stream
+    appearance_channels: tuple[int, ...] = (16, 32, 64, 128)
+    space_to_depth: int = 2  # the motion stream folds 2x2 pixels into channels first (cheap, keeps sub-pixel detail)
+    motion_channels: tuple[int, ...] = (16, 32, 64, 128)
     feature_dim: int = 128
-    groups: int = 8
     heads: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_HEADS))
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "height", "width", "feature_dim", "groups"):
+        for name in ("num_frames", "height", "width", "appearance_frames", "space_to_depth", "feature_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not self.channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.channels):
-            raise ValueError(f"channels must be a non-empty tuple of positive ints, got {self.channels!r}")
-        if any(c % self.groups for c in self.channels):
-            raise ValueError(f"every channel count must be divisible by groups={self.groups}, got {self.channels}")
+        for name in ("appearance_channels", "motion_channels"):
+            value = getattr(self, name)
+            if not value or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in value):
+                raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {value!r}")
+        if self.appearance_frames > self.num_frames:
+            raise ValueError(f"appearance_frames ({self.appearance_frames}) exceeds num_frames ({self.num_frames})")
+        if self.height % self.space_to_depth or self.width % self.space_to_depth:
+            raise ValueError(f"height and width must be multiples of space_to_depth={self.space_to_depth}")
         if not self.heads or any(len(v) < 2 for v in self.heads.values()):
             raise ValueError(f"heads must map names to at least two class names each, got {self.heads!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["channels"] = list(self.channels)
+        d["appearance_channels"] = list(self.appearance_channels)
+        d["motion_channels"] = list(self.motion_channels)
         d["heads"] = {k: list(v) for k, v in self.heads.items()}
         return d
 
@@ -93,55 +102,95 @@ class ShapesClassifierConfig:
         if unknown:
             raise ValueError(f"unknown shapes-classifier config fields {unknown}; expected a subset of {sorted(known)}")
         data = dict(data)
-        if "channels" in data:
-            data["channels"] = tuple(data["channels"])
+        for name in ("appearance_channels", "motion_channels"):
+            if name in data:
+                data[name] = tuple(data[name])
         if "heads" in data:
             data["heads"] = {str(k): tuple(v) for k, v in data["heads"].items()}
         return cls(**data)
 
 
-class _Block(nn.Sequential):
-    def __init__(self, cin: int, cout: int, stride: tuple[int, int, int], groups: int) -> None:
+class _Block2d(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class _Block3d(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> None:
         super().__init__(
-            nn.Conv3d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False),
-            nn.GroupNorm(groups, cout),
+            nn.Conv3d(cin, cout, kernel_size=kernel, stride=stride, padding=tuple(k // 2 for k in kernel), bias=False),
+            nn.BatchNorm3d(cout),
             nn.SiLU(),
         )
 
 
+def _global_pool(h: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(2, h.ndim))
+    return torch.cat([h.mean(dim=dims), h.amax(dim=dims)], dim=1)
+
+
 class ShapesClassifier(nn.Module):
-    """Conv3d stack (the first block halves the frame, the others halve time and space), average + max pooling, one
-    hidden layer (the features) and a linear head per label."""
+    """Two streams over the clip, its background-subtracted copy and its silhouette:
+
+    * appearance: a 2D CNN on a few evenly spaced frames (shape, colour and size are properties of single frames, and
+      a per-frame network learns them several times faster than a 3D one), features averaged over those frames;
+    * motion: 2x2 pixels folded into channels, then a Conv3d stack (the first block per frame, the others halving time
+      and space).
+
+    Both are globally average- and max-pooled, concatenated and mapped to the features (one hidden layer); each label
+    has a linear head on the features.
+    """
 
     def __init__(self, config: ShapesClassifierConfig | None = None) -> None:
         super().__init__()
         self.config = config or ShapesClassifierConfig()
         c = self.config
+        channels = (IN_CHANNELS, *c.appearance_channels)
+        self.appearance = nn.Sequential(*(_Block2d(a, b) for a, b in zip(channels[:-1], channels[1:])))
         blocks = []
-        cin = 3
-        for i, cout in enumerate(c.channels):
-            blocks.append(_Block(cin, cout, (1, 2, 2) if i == 0 else (2, 2, 2), c.groups))
+        cin = IN_CHANNELS * c.space_to_depth**2
+        for i, cout in enumerate(c.motion_channels):
+            first = i == 0
+            blocks.append(_Block3d(cin, cout, (1, 3, 3) if first else (3, 3, 3), (1, 2, 2) if first else (2, 2, 2)))
             cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.embed = nn.Sequential(nn.Linear(2 * cin, c.feature_dim), nn.SiLU())
+        self.motion = nn.Sequential(*blocks)
+        pooled = 2 * (c.appearance_channels[-1] + c.motion_channels[-1])
+        self.embed = nn.Sequential(nn.Linear(pooled, c.feature_dim), nn.SiLU())
         self.heads = nn.ModuleDict({name: nn.Linear(c.feature_dim, len(labels)) for name, labels in c.heads.items()})
+        idx = torch.linspace(0, c.num_frames - 1, c.appearance_frames).round().long()
+        self.register_buffer("appearance_index", idx, persistent=False)
         self.source: str | None = None  # file the weights came from (for metric protocols)
         self.weights_sha256: str | None = None
 
     def _check(self, x: torch.Tensor) -> None:
         c = self.config
-        if tuple(x.shape[2:]) != (c.num_frames, c.height, c.width):
+        if tuple(x.shape[2:]) != (c.num_frames, c.height, c.width) or x.shape[1] != 3:
             raise ValueError(
-                f"the shapes classifier was trained on {c.num_frames} frames of {c.height}x{c.width}; got clips of "
-                f"{x.shape[2]} frames of {x.shape[3]}x{x.shape[4]}"
+                f"the shapes classifier takes (n, 3, {c.num_frames}, {c.height}, {c.width}) clips (what it was trained "
+                f"on); got shape {tuple(x.shape)}"
             )
 
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features ``(n, feature_dim)`` of float clips ``(n, 3, t, h, w)`` in [-1, 1]."""
         self._check(x)
-        h = self.blocks(x)
-        pooled = torch.cat([h.mean(dim=(2, 3, 4)), h.amax(dim=(2, 3, 4))], dim=1)
-        return self.embed(pooled)
+        # The background is the per-clip median colour of the frame border; subtracting it leaves only the objects.
+        border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+        background = border.flatten(2).median(dim=2).values[:, :, None, None, None]
+        fg = x - background
+        # |x - background| is a colour-blind silhouette, so shapes and sizes need not be learnt once per colour.
+        x = torch.cat([x, fg, fg.norm(dim=1, keepdim=True)], dim=1)
+        n, c, t, h, w = x.shape
+        frames = x[:, :, self.appearance_index].transpose(1, 2).reshape(-1, c, h, w)
+        appearance = _global_pool(self.appearance(frames)).reshape(n, len(self.appearance_index), -1).mean(dim=1)
+        p = self.config.space_to_depth
+        if p > 1:
+            x = (
+                x.reshape(n, c, t, h // p, p, w // p, p)
+                .permute(0, 1, 4, 6, 2, 3, 5)
+                .reshape(n, c * p * p, t, h // p, w // p)
+            )
+        motion = _global_pool(self.motion(x))
+        return self.embed(torch.cat([appearance, motion], dim=1))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits per head."""
@@ -189,7 +238,9 @@ def default_classifier_path() -> Path:
     return Path(str(resources.files("vidiff") / "assets" / "shapes_classifier"))
 
 
-def load_shapes_classifier(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> ShapesClassifier:
+def load_shapes_classifier(
+    path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> ShapesClassifier:
     """Load a classifier folder (``config.json`` + ``model.safetensors``); ``None`` loads the packaged one."""
     if path is None:
         model = _load_default()
@@ -230,9 +281,13 @@ def _load(folder: Path) -> ShapesClassifier:
 
 
 def save_shapes_classifier(
-    model: ShapesClassifier, folder: str | os.PathLike, readme: str | None = None, overwrite: bool = False
+    model: ShapesClassifier,
+    folder: str | os.PathLike,
+    readme: str | None = None,
+    training: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``config.json``, ``model.safetensors`` (and ``README.md``) as one atomic folder swap."""
+    """Write ``config.json``, ``model.safetensors`` (and ``README.md``, ``training.json``) as one atomic folder swap."""
     if not isinstance(model, ShapesClassifier):
         raise ValueError(f"expected a ShapesClassifier, got {type(model).__name__}")
     folder = Path(folder)
@@ -242,6 +297,8 @@ def save_shapes_classifier(
         atomic_save_safetensors(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         if readme is not None:
             atomic_write_text(tmp / README_NAME, readme)
+        if training is not None:
+            atomic_write_json(tmp / TRAINING_NAME, training)
     return folder
 
 

@@ -222,7 +222,7 @@ class RunConfig:
     def fingerprint(self) -> str:
         """Short hash of the settings that define the optimisation (not logging or stop points)."""
         d = config_to_dict(self)
-        for volatile in ("log", "sample", "export"):
+        for volatile in ("log", "sample", "export", "output_dir"):
             d.pop(volatile)
         d["train"].pop("stop_at_step")
         d["checkpoint"].pop("resume")

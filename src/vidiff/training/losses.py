@@ -95,7 +95,9 @@ def encode_latents(vae: Any, video: torch.Tensor, posterior_eps: torch.Tensor | 
     if shift is not None:
         z = z - shift
     z = z * vae.config.scaling_factor
-    return rearrange(z, "(b t) c h w -> b c t h w", b=b, t=t).float()
+    # contiguous: the VAE's convolutions may return channels-last tensors, and CPU GroupNorm backward crashes on their
+    # 5D views (torch 2.13), which the U-Net's temporal transformers would otherwise receive.
+    return rearrange(z, "(b t) c h w -> b c t h w", b=b, t=t).float().contiguous()
 
 
 def diffusion_loss(

@@ -156,4 +156,4 @@ class DenoiserBundle(nn.Module):
             if self.text_encoder is None:
                 raise ValueError("tokens were given but this bundle has no text encoder; pass context instead")
             context = self.text_encoder(tokens)
-        return self.unet(sample, timestep, context, fps)
+        return self.unet(sample.contiguous(), timestep, context, fps)  # see losses.encode_latents on memory format

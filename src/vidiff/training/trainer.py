@@ -361,11 +361,16 @@ def _preview(accelerator: Any, task: Any, ema: Any, params: list, folder: Path, 
         import numpy as np
 
         py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]), ema_weights(ema, params):
-            t0 = time.perf_counter()
-            paths = task.preview(folder, f"step-{step:07d}")
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        t0 = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=devices), ema_weights(ema, params):
+                paths = task.preview(folder, f"step-{step:07d}")
+        except (OSError, RuntimeError, ValueError) as err:  # a failed preview must not cost the run
+            accelerator.print(f"warning: previews at step {step} failed: {type(err).__name__}: {err}")
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
         extra = f", reconstruction L1 {task.last_preview_l1:.4f}" if hasattr(task, "last_preview_l1") else ""
         if paths:
             accelerator.print(f"[vidiff train] previews at step {step} ({time.perf_counter() - t0:.1f} s{extra}): "

@@ -1,0 +1,164 @@
+"""``vidiff eval``: shapes-world evaluation of a model folder (generate a prompt suite) or of existing videos.
+
+``add_parser(sub)`` registers the sub-command on the ``vidiff`` parser and ``run(args)`` executes it. The work is done by
+:mod:`vidiff.eval.report`; see ``docs/eval.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .cli_common import DTYPES
+
+DEFAULT_SUITE = "seen,heldout"
+# Options that only make sense when vidiff generates the videos itself.
+_GENERATION_ONLY = ("steps", "guidance", "guidance_rescale", "image_guidance", "eta", "negative_prompt", "frames",
+                    "height", "width", "fps", "suite", "per_triple", "max_triples", "per_prompt")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate prompt adherence on the shapes world (probes, FVD-shapes, optional FVD/FID/CLIPSIM)",
+        description="Generate a shapes-world prompt suite with --model (or read existing videos with --videos and a "
+                    "--prompts manifest), probe every clip against its prompt, compute metrics, and write "
+                    "OUT_DIR/report.json, accuracy.png and failures.png.",
+    )
+    src = p.add_argument_group("what to evaluate (give exactly one of --model / --videos)")
+    src.add_argument("--model", help="vidiff model folder (text-to-video or image-to-video): generate and evaluate")
+    src.add_argument("--videos", help="folder of existing videos to evaluate (needs --prompts MANIFEST)")
+    src.add_argument("--prompts", help="prompt file: with --model a .txt (one per line), .json or .csv of prompts; with "
+                                       "--videos a manifest naming each video (CSV 'file,prompt' or JSON)")
+    s = p.add_argument_group("prompt suite")
+    s.add_argument("--suite", help=f"canonical splits to generate, comma-separated: seen, heldout (default {DEFAULT_SUITE})")
+    s.add_argument("--per-triple", type=int, help="videos per colour x shape x motion triple (default 1)")
+    s.add_argument("--max-triples", type=int, help="evaluate a seeded subset of this many triples per split")
+    s.add_argument("--per-prompt", type=int, help="videos per prompt of a --prompts file with --model (default 1)")
+    s.add_argument("--seed", type=int, default=0, help="suite seed: per-video generation seeds and ground-truth "
+                                                       "placements derive from it (default 0)")
+    s.add_argument("--stride", type=int, help="frame stride of the clips (fps = base_fps / stride); default: the "
+                                              "world's largest")
+    s.add_argument("--world", help="JSON file of ShapesWorldConfig fields (default: the model folder's training "
+                                   "world, else the defaults), resized to the clip size")
+    g = p.add_argument_group("generation (--model only; unset: the model folder's defaults)")
+    g.add_argument("--steps", type=int, help="sampling steps")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    g.add_argument("--guidance-rescale", type=float, help="guidance rescale in [0, 1]")
+    g.add_argument("--image-guidance", type=float, help="image guidance scale (image-to-video DynamiCrafter models)")
+    g.add_argument("--eta", type=float, help="DDIM eta")
+    g.add_argument("--negative-prompt")
+    g.add_argument("--frames", type=int, help="frames per clip")
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--fps", type=int, help="fixed fps conditioning (default: from the stride, as in training)")
+    g.add_argument("--batch-size", type=int, default=1,
+                   help="prompts per sampling call (default 1: each video is reproducible with `vidiff generate`)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="U-Net/encoder compute dtype")
+    g.add_argument("--device", default="cpu", help="device for generation and metric networks")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    m = p.add_argument_group("metrics (networks are read from local files, never downloaded)")
+    m.add_argument("--fvd-shapes", action="store_true", help="FVD-shapes against ground-truth clips, with its floor")
+    m.add_argument("--shapes-classifier", help="FVD-shapes classifier folder (default: the packaged one)")
+    m.add_argument("--i3d", help="I3D weights file: adds FVD (with its real-vs-real floor)")
+    m.add_argument("--inception", help="Inception weights file (pytorch-fid layout): adds per-frame FID and IS")
+    m.add_argument("--clip", help="local Hugging Face CLIP folder: adds CLIPSIM and CLIP frame consistency")
+    m.add_argument("--metrics-batch-size", type=int, default=16)
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", help="output folder (report.json, accuracy.png, failures.png, videos/)")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing report in the output folder")
+    o.add_argument("--no-videos", action="store_true", help="--model: do not save the generated videos")
+    o.add_argument("--max-failures", type=int, default=12, help="rows of failures.png (default 12)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument error is reported before a model is loaded or a video is read."""
+    if args.model is None and args.videos is None:
+        raise ValueError("give --model FOLDER (generate the suite and evaluate it) or --videos DIR --prompts MANIFEST "
+                         "(evaluate existing videos)")
+    if args.model is not None and args.videos is not None:
+        raise ValueError("give either --model or --videos, not both: --model generates the videos, --videos reads "
+                         "existing ones")
+    if args.output is None:
+        raise ValueError("no output folder: pass -o OUT_DIR")
+    if args.videos is not None:
+        if args.prompts is None:
+            raise ValueError("--videos needs --prompts MANIFEST: a CSV with header 'file,prompt' or a JSON list of "
+                             "{\"file\": ..., \"prompt\": ...} naming each video in the folder")
+        given = [f"--{name.replace('_', '-')}" for name in _GENERATION_ONLY if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --model (vidiff generating the videos)")
+    if args.model is not None and args.prompts is not None:
+        given = [f"--{n.replace('_', '-')}" for n in ("suite", "per_triple", "max_triples") if getattr(args, n) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} select canonical prompts; with --prompts (your own) use --per-prompt")
+    if args.model is not None and args.prompts is None and args.per_prompt is not None:
+        raise ValueError("--per-prompt applies to a --prompts file; for the canonical suite use --per-triple")
+    for name in ("per_triple", "max_triples", "per_prompt", "batch_size", "metrics_batch_size", "stride", "steps",
+                 "frames", "height", "width", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.max_failures < 0:
+        raise ValueError(f"--max-failures must be >= 0, got {args.max_failures}")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    import torch
+
+    from .eval.report import (
+        GenerationSettings,
+        MetricSettings,
+        evaluate_model,
+        evaluate_video_folder,
+        print_table,
+        read_world_file,
+    )
+    from .eval.suite import canonical_suite, suite_from_file
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world = read_world_file(args.world) if args.world else None
+    metrics = MetricSettings(
+        fvd_shapes=args.fvd_shapes or args.shapes_classifier is not None,
+        shapes_classifier=args.shapes_classifier,
+        i3d=args.i3d,
+        inception=args.inception,
+        clip=args.clip,
+        device=args.device,
+        batch_size=args.metrics_batch_size,
+    )
+    start = time.time()
+    if args.videos is not None:
+        result = evaluate_video_folder(
+            args.videos, args.prompts, args.output, stride=args.stride, seed=args.seed, world=world, metrics=metrics,
+            max_failures=args.max_failures, overwrite=args.overwrite,
+        )
+    else:
+        if args.prompts is not None:
+            suite = suite_from_file(args.prompts, seed=args.seed, per_prompt=args.per_prompt or 1)
+        else:
+            suite = canonical_suite(args.suite or DEFAULT_SUITE, per_triple=args.per_triple or 1, seed=args.seed,
+                                    max_triples=args.max_triples)
+        generation = GenerationSettings(
+            steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
+            image_guidance=args.image_guidance, eta=args.eta, negative_prompt=args.negative_prompt,
+            frames=args.frames, height=args.height, width=args.width, fps=args.fps, batch_size=args.batch_size,
+            dtype=args.dtype, device=args.device,
+        )
+        result = evaluate_model(
+            args.model, suite, args.output, stride=args.stride, generation=generation, metrics=metrics, world=world,
+            save_videos=not args.no_videos, max_failures=args.max_failures, overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    print_table(result.report)
+    n = sum(s["num_videos"] for s in result.report["splits"].values())
+    print(f"evaluated {n} videos in {time.time() - start:.1f} s")
+    for name, path in result.paths.items():
+        print(f"wrote {name}: {path}")
+    return 0
