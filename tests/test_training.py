@@ -459,3 +459,35 @@ def test_csv_videos_and_image_folder_train(tmp_path):
     state = json.loads((list_checkpoints(tmp_path / "run" / "checkpoints")[-1][1] / STATE_FILE).read_text())
     # 2 video batches per epoch (4 clips / 2) and one image batch after each: epoch 0 has 4 batches.
     assert (state["epoch"], state["batch_in_epoch"]) == (0, 3)
+
+
+def test_latent_cache_with_text_embeddings_trains(tmp_path):
+    from vidiff.data.latent_cache import build_latent_cache
+    from vidiff.data.shapes import ShapesVideoDataset, ShapesWorldConfig
+    from vidiff.models.autoencoder import LDMAutoencoderKL, encode_video
+    from vidiff.models.text_encoder import OpenCLIPTextEncoder
+    from vidiff.models.tokenizer import OpenCLIPTokenizer
+    from vidiff.training.data import TrainingSample
+
+    torch.manual_seed(0)
+    vae, text = LDMAutoencoderKL(**TINY_VAE).eval(), OpenCLIPTextEncoder(**TINY_TEXT).eval()
+    tokenizer = OpenCLIPTokenizer(context_length=16)
+    vae.save_pretrained(tmp_path / "vae")
+    text.save_pretrained(tmp_path / "text")
+    world = ShapesWorldConfig(height=32, width=32, num_frames=4, seed=5)
+    build_latent_cache(
+        TrainingSample(ShapesVideoDataset(world, length=6, ground_truth=False)), tmp_path / "cache",
+        lambda v: encode_video(vae, v, sample=False), lambda caps: text(tokenizer(caps)),
+        batch_size=3, samples_per_shard=4, progress=False,
+    )
+    cfg = tiny_config(tmp_path / "run", data={"videos": {"type": "latent_cache", "path": str(tmp_path / "cache")},
+                                              "batch_size": 2},
+                      train={"max_steps": 4, "cond_dropout": {"text": 0.5}})
+    cfg["model"]["vae"] = {"pretrained": str(tmp_path / "vae")}
+    cfg["model"]["text_encoder"] = {"pretrained": str(tmp_path / "text"), "trainable": False}
+    res = run_config(cfg)
+    assert res.finished and np.isfinite(res.final_loss)
+    state = json.loads((list_checkpoints(tmp_path / "run" / "checkpoints")[-1][1] / STATE_FILE).read_text())
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 1)  # 3 batches per epoch
+    weights = final_weights(tmp_path / "run")
+    assert not any(k.startswith("text_encoder.") for k in weights)  # a frozen encoder stays out of checkpoints

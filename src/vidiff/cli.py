@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from . import cli_animate
-from .cli_common import DTYPES, add_sampling_args, check_runtime_args, torch_dtype, write_outputs
+from . import cli_animate, cli_eval
+from .cli_common import DTYPES, add_sampling_args, check_runtime_args, resolve_model, torch_dtype, write_outputs
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate a video from a text prompt")
     p.add_argument("prompt", help="text prompt")
-    p.add_argument("--model", help="vidiff model folder (from `vidiff convert`)")
+    p.add_argument("--model", help="vidiff model folder (default: the embedded shapes-world model)")
     add_sampling_args(p, "outputs/video.mp4")
     p.add_argument("--fps", type=int, help="fps conditioning and playback rate (default: the model's)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_generate(sub)
     cli_animate.add_parser(sub)
+    cli_eval.add_parser(sub)
     return parser
 
 
@@ -74,11 +75,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
-    if args.model is None:
-        raise ValueError("no --model given: pass a model folder made by `vidiff convert`")
+    model = resolve_model(args.model, "t2v")
     check_runtime_args(args)
     start = time.time()
-    pipe = TextToVideoPipeline.from_pretrained(args.model, torch_dtype=torch_dtype(args.dtype), device=args.device)
+    pipe = TextToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device)
     fps = args.fps if args.fps is not None else pipe.defaults["fps"]
     out = pipe(
         args.prompt,
@@ -98,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run}
+COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run, "eval": cli_eval.run}
 
 
 def main(argv: list[str] | None = None) -> int:

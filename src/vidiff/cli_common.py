@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -52,3 +53,16 @@ def write_outputs(frames, args: argparse.Namespace, fps: float, start: float, ve
     print(f"{verb} {tuple(frames.shape[1:4])} (frames, height, width) in {time.time() - start:.1f} s")
     for path in paths:
         print(f"wrote {path}")
+
+
+EMBEDDED_MODELS = Path(__file__).resolve().parent / "assets" / "models"
+
+
+def resolve_model(model: str | None, kind: str) -> str:
+    """The --model folder, or the embedded shapes-world default of this kind ("t2v" or "i2v") when none is given."""
+    if model is not None:
+        return model
+    default = EMBEDDED_MODELS / f"shapes_{kind}"
+    if not (default / "model_index.json").is_file():
+        raise ValueError(f"no --model given and no embedded default {kind} model is installed at {default}")
+    return str(default)

@@ -59,6 +59,9 @@ REPORT_NAME, ACCURACY_NAME, FAILURES_NAME = "report.json", "accuracy.png", "fail
 VIDEOS_DIR, MANIFEST_NAME = "videos", "manifest.csv"
 PASSED_LABEL = "passed"  # the chart / table row for "every core probe passed"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Evaluation sets are small next to the feature dimension (128 for FVD-shapes, 400 for I3D), so the covariances are
+# singular: the eigendecomposition route computes tr sqrt(S1 S2) exactly there, where scipy's sqrtm needs an eps retry.
+SQRTM_METHOD = "eigh"
 
 
 class EvalError(ValueError):
@@ -288,8 +291,8 @@ def _split_metrics(
         else:
             from vidiff.eval.fvd_shapes import fvd_shapes
 
-            res = fvd_shapes(real, fake, nets.classifier, batch_size=bs)
-            res["floor"] = fvd_shapes(real, floor, nets.classifier, batch_size=bs)["value"]
+            res = fvd_shapes(real, fake, nets.classifier, batch_size=bs, sqrtm_method=SQRTM_METHOD)
+            res["floor"] = fvd_shapes(real, floor, nets.classifier, batch_size=bs, sqrtm_method=SQRTM_METHOD)["value"]
             res["ratio_to_floor"] = res["value"] / res["floor"] if res["floor"] > 0 else None
             out["fvd_shapes"] = res
     if nets.i3d is not None:
@@ -300,8 +303,8 @@ def _split_metrics(
 
             t = min(16, fake.shape[1])
             feats = [extract_i3d_features(v, nets.i3d, batch_size=bs, frames_per_clip=t) for v in (real, fake, floor)]
-            res = fvd(feats[0], feats[1])
-            res["floor"] = fvd(feats[0], feats[2])["value"]
+            res = fvd(feats[0], feats[1], sqrtm_method=SQRTM_METHOD)
+            res["floor"] = fvd(feats[0], feats[2], sqrtm_method=SQRTM_METHOD)["value"]
             res["ratio_to_floor"] = res["value"] / res["floor"] if res["floor"] > 0 else None
             out["fvd"] = res
     if nets.inception is not None:
@@ -310,8 +313,8 @@ def _split_metrics(
 
         feats = [extract_inception_features(video_frames_as_images(v), nets.inception, batch_size=bs)
                  for v in (real, fake, floor)]
-        res = fid(feats[0], feats[1])
-        res["floor"] = fid(feats[0], feats[2])["value"]
+        res = fid(feats[0], feats[1], sqrtm_method=SQRTM_METHOD)
+        res["floor"] = fid(feats[0], feats[2], sqrtm_method=SQRTM_METHOD)["value"]
         out["fid_frames"] = res
         splits = min(10, len(feats[1]))
         score = inception_score(feats[1], splits=splits)
@@ -515,8 +518,8 @@ def evaluate_video_folder(
             "folder": str(folder.resolve()),
             "manifest": str(Path(manifest).resolve()),
             "manifest_sha256": _sha256_text(Path(manifest)),
-            "world_config_source": "given" if world is not None else "defaults, at the videos' size",
         },
+        "world_config_source": "given" if world is not None else "defaults",
     }
     return evaluate_videos(
         suite, videos, out_dir, stride, conditions, metrics, protocol, max_failures=max_failures,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +97,26 @@ class VideoDiffusionPipeline:
         "timestep_spacing": "uniform",
     }
 
-    def __init__(self, defaults: dict | None = None):
+    def __init__(self, defaults: dict | None = None, vocabulary: list[str] | None = None):
         self.defaults = {**self.base_defaults, **(defaults or {})}
+        # Models trained on a closed vocabulary (the shapes-world defaults) list it in model_index.json.
+        self.vocabulary = frozenset(vocabulary) if vocabulary else None
+
+    def unknown_words(self, prompts: list[str]) -> list[str]:
+        """Words of the prompts that a closed-vocabulary model never saw (empty for open-vocabulary models)."""
+        if self.vocabulary is None:
+            return []
+        words = [w for p in prompts for w in re.findall(r"[a-z]+", p.lower())]
+        return list(dict.fromkeys(w for w in words if w not in self.vocabulary))
+
+    def warn_unknown_words(self, prompts: list[str]) -> None:
+        unknown = self.unknown_words(prompts)
+        if unknown:
+            warnings.warn(
+                f"the model never saw these words, they will have little or no effect: {', '.join(unknown)}",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def to(self, device: str | torch.device):
         for name in self.modules:

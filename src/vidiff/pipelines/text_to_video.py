@@ -39,8 +39,9 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         tokenizer: OpenCLIPTokenizer,
         schedule: NoiseSchedule,
         defaults: dict | None = None,
+        vocabulary: list[str] | None = None,
     ):
-        super().__init__(defaults)
+        super().__init__(defaults, vocabulary)
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.schedule = schedule
 
@@ -60,6 +61,7 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
             tokenizer=OpenCLIPTokenizer.from_pretrained(folder / "tokenizer"),
             schedule=NoiseSchedule.from_pretrained(folder / "scheduler"),
             defaults=index.get("defaults"),
+            vocabulary=index.get("vocabulary"),
         )
         return pipe.to(device)
 
@@ -100,6 +102,7 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         if sampler not in SAMPLERS:
             raise PipelineError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         generator = seeded_generator(generator, seed)
+        self.warn_unknown_words(prompts)
 
         b = len(prompts)
         negatives = as_prompt_list(negative_prompt, "negative_prompt") if negative_prompt is not None else [""]
