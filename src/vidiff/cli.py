@@ -1,4 +1,4 @@
-"""``vidiff`` command line: convert official checkpoints, generate videos."""
+"""``vidiff`` command line: convert official checkpoints, generate and animate videos, train, evaluate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from . import cli_animate, cli_eval
+from . import cli_animate, cli_eval, cli_train
 from .cli_common import DTYPES, add_sampling_args, check_runtime_args, resolve_model, torch_dtype, write_outputs
 
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     cli_animate.add_parser(sub)
     cli_eval.add_parser(sub)
+    cli_train.add_parser(sub)
     return parser
 
 
@@ -98,7 +99,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run, "eval": cli_eval.run}
+COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run, "eval": cli_eval.run, "train": cli_train.run}
 
 
 def main(argv: list[str] | None = None) -> int:
