@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROMPT ?= a red circle moving left
+PROMPT ?= a blue square moving up
 DEMO := outputs/demo
 
 .PHONY: install demo test lint bench
@@ -15,13 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Until the embedded shapes-world model ships, the demo runs a tiny official-layout checkpoint assembled from the
-# reference fixtures (random weights) through the real convert -> generate path.
+# The main job: a video from a prompt with the embedded shapes-world model (src/vidiff/assets/models/shapes_t2v).
 demo: $(STAMP)
-	$(BIN)/python tests/tiny_checkpoint.py $(DEMO)/tiny_vc2.ckpt
-	$(BIN)/vidiff convert $(DEMO)/tiny_vc2.ckpt $(DEMO)/model --num-head-channels 8 --text-heads 2 --overwrite
-	$(BIN)/vidiff generate "$(PROMPT)" --model $(DEMO)/model --steps 10 --frames 8 --height 64 --width 64 \
-		--fps 8 -o $(DEMO)/video.mp4 --gif --sheet
+	$(BIN)/vidiff generate "$(PROMPT)" -o $(DEMO)/video.mp4 --gif --sheet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

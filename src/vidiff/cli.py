@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 from . import cli_animate, cli_eval, cli_train
 from .cli_common import DTYPES, add_sampling_args, check_runtime_args, resolve_model, torch_dtype, write_outputs
@@ -102,8 +103,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run, "eval": cli_eval.run, "train": cli_train.run}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vidiff: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not os.environ.get("VIDIFF_DEBUG"):
+        warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
