@@ -125,7 +125,9 @@ def test_fvd_shapes_reports_floor_when_asked(classifier, fresh):
 
 def test_save_load_round_trip_and_errors(tmp_path, fresh):
     torch.manual_seed(0)
-    small = ShapesClassifier(ShapesClassifierConfig(appearance_channels=(8, 8), motion_channels=(8, 8), feature_dim=16)).eval()
+    small = ShapesClassifier(
+        ShapesClassifierConfig(appearance_channels=(8, 8), motion_channels=(8, 8), feature_dim=16)
+    ).eval()
     folder = save_shapes_classifier(small, tmp_path / "clf", readme="# tiny\n", training={"steps": 0})
     loaded = load_shapes_classifier(folder)
     videos = fresh[0][:4]
@@ -154,7 +156,9 @@ def test_save_load_round_trip_and_errors(tmp_path, fresh):
 
 
 def _train_script():
-    spec = importlib.util.spec_from_file_location("train_shapes_classifier", REPO / "scripts" / "train_shapes_classifier.py")
+    spec = importlib.util.spec_from_file_location(
+        "train_shapes_classifier", REPO / "scripts" / "train_shapes_classifier.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -109,7 +109,10 @@ def _subset(truth: dict, n: int, moving: bool = False, seed: int = 0) -> list[in
 
 
 def _print_confusions(title: str, result: BatchProbeResult, probes: tuple[str, ...]) -> None:
-    print(f"\n== {title}: pass rate {result.pass_rate:.3f}; accuracy " + str({k: round(v, 3) for k, v in result.accuracy.items()}))
+    print(
+        f"\n== {title}: pass rate {result.pass_rate:.3f}; accuracy "
+        + str({k: round(v, 3) for k, v in result.accuracy.items()})
+    )
     for probe in probes:
         if probe in result.accuracy:
             print(f"-- {probe} (rows: prompt, columns: detected)\n" + format_confusion(*result.confusion(probe)))
@@ -157,7 +160,10 @@ def test_ground_truth_image_to_video_probes(truth):
     idx = _subset(truth, 40, seed=1)
     videos = [truth["videos"][i] for i in idx]
     result = probe_batch(
-        videos, [truth["captions"][i] for i in idx], CONFIG, condition_images=[v[0] for v in videos],
+        videos,
+        [truth["captions"][i] for i in idx],
+        CONFIG,
+        condition_images=[v[0] for v in videos],
         strides=[truth["strides"][i] for i in idx],
     )
     assert result.accuracy["first_frame"] == 1.0
@@ -171,7 +177,9 @@ def test_other_world_sizes_and_lengths():
     world = ShapesWorld(config)
     samples = [world.sample(i) for i in range(40)]
     result = probe_batch(
-        [_uint8(s.video) for s in samples], [s.caption for s in samples], config,
+        [_uint8(s.video) for s in samples],
+        [s.caption for s in samples],
+        config,
         strides=[s.stride for s in samples],
     )
     for probe, acc in result.accuracy.items():
@@ -246,7 +254,9 @@ def test_swapped_shape_fails_shape_probe(truth):
 def test_reversed_frames_fail_motion_probe(truth):
     idx = _subset(truth, 48, moving=True, seed=5)
     result = probe_batch(
-        [truth["videos"][i][::-1] for i in idx], [truth["captions"][i] for i in idx], CONFIG,
+        [truth["videos"][i][::-1] for i in idx],
+        [truth["captions"][i] for i in idx],
+        CONFIG,
         strides=[truth["strides"][i] for i in idx],
     )
     _print_confusions("reversed frames", result, ("motion",))
@@ -285,7 +295,9 @@ def test_noise_and_blank_videos_fail(truth, kind):
             videos.append(np.full(shape, rng.integers(0, 256, 3), dtype=np.uint8))
         else:
             videos.append(np.broadcast_to(truth["videos"][i][:, :1, :1], shape).copy())
-    result = probe_batch(videos, [truth["captions"][i] for i in idx], CONFIG, strides=[truth["strides"][i] for i in idx])
+    result = probe_batch(
+        videos, [truth["captions"][i] for i in idx], CONFIG, strides=[truth["strides"][i] for i in idx]
+    )
     assert result.pass_rate == 0.0
     for probe in ("colour", "shape", "motion", "size", "consistency", "flicker", "second_colour", "second_shape"):
         assert result.accuracy.get(probe, 0.0) == 0.0, (kind, probe)
@@ -299,7 +311,9 @@ def test_flicker_fails_flicker_probe(truth):
         v = truth["videos"][i].astype(np.int16)
         offset = np.where(np.arange(len(v)) % 2 == 0, 15, -15)[:, None, None, None]  # brightness pumping
         videos.append(np.clip(v + offset, 0, 255).astype(np.uint8))
-    result = probe_batch(videos, [truth["captions"][i] for i in idx], CONFIG, strides=[truth["strides"][i] for i in idx])
+    result = probe_batch(
+        videos, [truth["captions"][i] for i in idx], CONFIG, strides=[truth["strides"][i] for i in idx]
+    )
     assert result.accuracy["flicker"] <= 0.05
     assert result.accuracy["colour"] >= 0.95 and result.accuracy["motion"] >= 0.95
 
@@ -307,7 +321,9 @@ def test_flicker_fails_flicker_probe(truth):
 def test_missing_second_object_fails_second_probes(truth):
     idx = [i for i, s in enumerate(truth["specs"]) if s.second is not None][:30]
     videos = [_frames(dataclasses.replace(truth["specs"][i], second=None)) for i in idx]
-    result = probe_batch(videos, [truth["captions"][i] for i in idx], CONFIG, strides=[truth["strides"][i] for i in idx])
+    result = probe_batch(
+        videos, [truth["captions"][i] for i in idx], CONFIG, strides=[truth["strides"][i] for i in idx]
+    )
     for probe in ("second_colour", "second_shape", "second_motion"):
         assert result.accuracy[probe] == 0.0
     assert result.accuracy["colour"] >= 0.98 and result.accuracy["motion"] >= 0.98

@@ -376,6 +376,24 @@ class TinyDeterministicAE(torch.nn.Module):
         return self.dec(z)
 
 
+class TinyVideoAE(torch.nn.Module):
+    """A clip autoencoder with a temporal decoder (Conv3d), as VideoGen's: it takes (b, 3, t, H, W) clips."""
+
+    def __init__(self, latent: int = 4) -> None:
+        super().__init__()
+        self.enc = torch.nn.Conv3d(3, latent, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.dec = torch.nn.Sequential(torch.nn.ConvTranspose3d(latent, 8, (1, 4, 4), stride=(1, 2, 2),
+                                                                padding=(0, 1, 1)),
+                                       torch.nn.Conv3d(8, 3, 3, padding=1))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 5
+        return self.enc(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dec(z)
+
+
 def test_autoencoder_training_kl_model_and_generic_module(tmp_path):
     from vidiff.models.autoencoder import LDMAutoencoderKL
 
@@ -406,6 +424,12 @@ def test_autoencoder_training_kl_model_and_generic_module(tmp_path):
     losses = [float(r["loss"]) for r in rows]
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) and rows[0]["kl"] == ""
     assert (res.model_dir / "model.safetensors").is_file()
+
+    video = copy.deepcopy(ae)
+    video["model"] = {"vae": {"class_path": "test_training:TinyVideoAE", "config": {}}, "autoencoder_input": "video"}
+    res = run_config(tiny_config(tmp_path / "video", **video))
+    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "video" / "log.csv"))]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]) and res.previews[-1].is_file()
 
 
 # -------------------------------------------------------------------------------------------------- csv + folders
@@ -476,8 +500,8 @@ def test_latent_cache_with_text_embeddings_trains(tmp_path):
     text.save_pretrained(tmp_path / "text")
     world = ShapesWorldConfig(height=32, width=32, num_frames=4, seed=5)
     build_latent_cache(
-        TrainingSample(ShapesVideoDataset(world, length=6, ground_truth=False)), tmp_path / "cache",
-        lambda v: encode_video(vae, v, sample=False), lambda caps: text(tokenizer(caps)),
+        TrainingSample(ShapesVideoDataset(world, length=6, ground_truth=False)),
+        lambda v: encode_video(vae, v, sample=False), lambda caps: text(tokenizer(caps)), tmp_path / "cache",
         batch_size=3, samples_per_shard=4, progress=False,
     )
     cfg = tiny_config(tmp_path / "run", data={"videos": {"type": "latent_cache", "path": str(tmp_path / "cache")},
@@ -491,3 +515,73 @@ def test_latent_cache_with_text_embeddings_trains(tmp_path):
     assert (state["epoch"], state["batch_in_epoch"]) == (1, 1)  # 3 batches per epoch
     weights = final_weights(tmp_path / "run")
     assert not any(k.startswith("text_encoder.") for k in weights)  # a frozen encoder stays out of checkpoints
+
+
+TINY_I2V = {
+    "unet": {"config": {**TINY_UNET, "in_channels": 8, "image_cross_attention": True, "image_tokens_per_frame": 4,
+                        "per_frame_image_tokens": True, "text_context_len": 16}},
+    "image_encoder": {"config": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2}},
+    "image_projector": {"config": {"dim": 32, "depth": 1, "dim_head": 16, "heads": 2, "num_queries": 4,
+                                   "embedding_dim": 32, "output_dim": 32, "video_length": 4}},
+    "text_encoder": {"config": dict(TINY_TEXT), "trainable": False},
+    "i2v_flavour": "dc",
+    "cond_frame": "random",
+}
+
+
+def test_dynamicrafter_two_stage_image_to_video_training(tmp_path):
+    """Stage 1 trains only the projector and the image key/value projections; stage 2 starts from its export and
+    trains everything; the export animates an image through ImageToVideoPipeline."""
+    from vidiff.pipelines.image_to_video import ImageToVideoPipeline
+
+    stage1 = tiny_config(tmp_path / "stage1", task="i2v", model={**tiny_config(tmp_path)["model"], **TINY_I2V},
+                         train={"max_steps": 2, "trainable": ["@image_cross_attention"], "ema": False,
+                                "cond_dropout": {"text": 0.25, "both": 0.25, "image": 0.25}},
+                         export={"at_end": True})
+    first = run_config(stage1)
+    index = json.loads((first.model_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "ImageToVideoPipeline" and index["flavour"] == "dc"
+    assert (first.model_dir / "image_projector").is_dir() and (first.model_dir / "image_encoder").is_dir()
+    stage2 = tiny_config(tmp_path / "stage2", task="i2v", train={"max_steps": 1, "trainable": ["*"], "ema": False},
+                         optim={"lr": 1e-3, "warmup_steps": 0},
+                         export={"at_end": True}, sample={"at_end": True, "steps": 2, "num_reconstructions": 1})
+    stage2["model"] = {"init_from": str(first.model_dir), "i2v_flavour": "dc", "cond_frame": "first",
+                       "text_encoder": {"trainable": False}}
+    second = run_config(stage2)
+    before = load_file(str(first.model_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(second.model_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".to_k_ip." not in k and ".to_v_ip." not in k for k in changed)  # stage 2 trains the whole U-Net
+    assert second.previews and second.previews[-1].is_file()
+    pipe = ImageToVideoPipeline.from_pretrained(second.model_dir)
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    out = pipe(image, "a red circle moving left", num_inference_steps=2, seed=0, progress=False)
+    assert out.frames.shape == (1, 4, 32, 32, 3)
+
+
+def test_image_cross_attention_stage_updates_only_its_parameters(tmp_path):
+    from vidiff.training.config import config_from_dict
+    from vidiff.training.params import apply_trainable
+    from vidiff.training.tasks import make_task
+
+    cfg = config_from_dict(tiny_config(tmp_path / "x", task="i2v", model={**tiny_config(tmp_path)["model"], **TINY_I2V},
+                                       train={"cond_dropout": {"text": 0.3, "image": 0.3}}))
+    torch.manual_seed(0)
+    task = make_task(cfg, torch.device("cpu"))
+    summary = apply_trainable(task.module, ["@image_cross_attention"])
+    assert summary.trainable and all(n.startswith("image_projector.") or "_ip." in n for n in summary.trainable)
+    before = {n: p.detach().clone() for n, p in task.module.named_parameters()}
+    from vidiff.data.csv_datasets import collate_video_batch
+    from vidiff.data.shapes import ShapesVideoDataset, ShapesWorldConfig
+    from vidiff.training.data import TrainingSample
+
+    ds = TrainingSample(ShapesVideoDataset(ShapesWorldConfig(height=32, width=32, num_frames=4), length=2,
+                                           ground_truth=False))
+    batch = collate_video_batch([ds[0], ds[1]])
+    opt = torch.optim.SGD([p for p in task.module.parameters() if p.requires_grad], lr=0.1)
+    loss, _ = task.loss(task.module, batch, sample_generators(0, 0, 0, [0, 1]))
+    loss.backward()
+    opt.step()
+    moved = {n for n, p in task.module.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and moved <= set(summary.trainable)
+    assert any(n.startswith("image_projector.") for n in moved) and any("to_k_ip" in n for n in moved)

@@ -84,7 +84,7 @@ def _exit_launched_child(code: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidiff train", description="Train a vidiff model from a YAML config.")
     _add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(parser.parse_intermixed_args(argv))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def _classifier(classifier: ShapesClassifier | None) -> ShapesClassifier:
     if classifier is None:
         return load_shapes_classifier()
     if not isinstance(classifier, ShapesClassifier):
-        raise ValueError(f"classifier must be a ShapesClassifier (or None for the packaged one), got {type(classifier)}")
+        raise ValueError(
+            f"classifier must be a ShapesClassifier (or None for the packaged one), got {type(classifier)}"
+        )
     return classifier
 
 

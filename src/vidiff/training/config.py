@@ -41,7 +41,7 @@ __all__ = [
     "load_config",
 ]
 
-TASKS = ("t2v", "autoencoder")
+TASKS = ("t2v", "i2v", "autoencoder")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RECON_LOSSES = ("l1", "l2", "l1+l2")
@@ -75,7 +75,10 @@ class ModelConfig:
     supplies every component not configured here, so a stage can start from the previous stage's export.
 
     ``conditioning`` is what the U-Net's fps input receives: frames per second (VideoCrafter) or the frame stride
-    (DynamiCrafter 256). ``autoencoder_input`` (autoencoder task): "frames" encodes frames as images, "video" hands
+    (DynamiCrafter 256). Image-to-video: ``i2v_flavour`` "dc" (DynamiCrafter: the conditioning frame's latent is also
+    concatenated to the noisy latent, so the U-Net takes 2x the latent channels) or "vc" (VideoCrafter1 i2v: image
+    tokens only); ``cond_frame`` picks the conditioning frame ("first", or "random" per sample as DynamiCrafter's
+    ``rand_cond_frame``). ``autoencoder_input`` (autoencoder task): "frames" encodes frames as images, "video" hands
     whole clips (b, 3, t, H, W) to encode/decode, for autoencoders with temporal layers.
     """
 
@@ -83,9 +86,13 @@ class ModelConfig:
     unet: ComponentConfig = field(default_factory=ComponentConfig)
     vae: ComponentConfig = field(default_factory=ComponentConfig)
     text_encoder: ComponentConfig = field(default_factory=ComponentConfig)
+    image_encoder: ComponentConfig = field(default_factory=ComponentConfig)
+    image_projector: ComponentConfig = field(default_factory=ComponentConfig)
     tokenizer_context_length: int | None = None
     schedule: dict | None = None
     conditioning: Literal["fps", "frame_stride"] = "fps"
+    i2v_flavour: Literal["dc", "vc"] = "dc"
+    cond_frame: Literal["first", "random"] = "first"
     autoencoder_input: Literal["frames", "video"] = "frames"
     defaults: dict = field(default_factory=dict)
 
@@ -157,7 +164,8 @@ class LogConfig:
 
 @dataclass
 class SampleConfig:
-    """Preview videos from the EMA weights (T2V) or reconstructions (autoencoder), written under ``samples/``."""
+    """Previews under ``samples/``: videos of ``prompts`` from the EMA weights (T2V), animations of the first frames
+    of ``num_reconstructions`` training clips with their captions (I2V), or reconstructions (autoencoder)."""
 
     every: int = 0
     at_end: bool = True
@@ -201,7 +209,7 @@ class DistributedConfig:
 
 @dataclass
 class RunConfig:
-    task: Literal["t2v", "autoencoder"] = "t2v"
+    task: Literal["t2v", "i2v", "autoencoder"] = "t2v"
     output_dir: str = "outputs/run"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -317,6 +325,9 @@ def _build(cls: type, data: dict, path: str) -> Any:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
+        elsewhere = [f"{section}.{key}" for section, sub in _SECTIONS.items() if key in sub]
+        if not close and elsewhere:
+            hint = f" (did you mean '{elsewhere[0]}'?)"
         where = f"{path}.{key}" if path else str(key)
         raise ConfigError(f"unknown setting '{where}'{hint}; {path or 'the top level'} accepts: {', '.join(names)}")
     kwargs = {}
@@ -324,6 +335,13 @@ def _build(cls: type, data: dict, path: str) -> Any:
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], f"{path}.{name}" if path else name)
     return cls(**kwargs)
+
+
+_SECTIONS = {
+    f.name: {g.name for g in dataclasses.fields(f.default_factory())}
+    for f in dataclasses.fields(RunConfig)
+    if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())
+}
 
 
 def config_from_dict(data: dict) -> RunConfig:
@@ -440,8 +458,8 @@ def _validate(c: RunConfig) -> None:
             raise ConfigError(f"train.cond_dropout.{k} must be a probability in [0, 1], got {p!r}")
     if sum(probs.values()) > 1.0 + 1e-9:
         raise ConfigError(f"train.cond_dropout probabilities add up to {sum(probs.values())} > 1")
-    if c.task == "t2v" and (probs["image"] or probs["both"]):
-        raise ConfigError("train.cond_dropout.image/both need an image-conditioned model; a t2v run only drops text")
+    if c.task != "i2v" and (probs["image"] or probs["both"]):
+        raise ConfigError("train.cond_dropout.image/both need an image-conditioned model (task: i2v)")
     if not t.trainable:
         raise ConfigError("train.trainable is empty: nothing would be trained")
     if not isinstance(d.videos, dict) or "type" not in d.videos:
@@ -455,13 +473,17 @@ def _validate(c: RunConfig) -> None:
     if c.checkpoint.resume not in ("auto", "never") and not c.checkpoint.resume:
         raise ConfigError("checkpoint.resume must be 'auto', 'never' or a checkpoint folder")
     m = c.model
-    for name in ("unet", "vae", "text_encoder"):
+    for name in ("unet", "vae", "text_encoder", "image_encoder", "image_projector"):
         comp: ComponentConfig = getattr(m, name)
         if comp.pretrained is not None and comp.config is not None:
             raise ConfigError(f"model.{name}: give either 'pretrained' or 'config', not both")
         if comp.class_path is not None and ":" not in comp.class_path:
             raise ConfigError(f"model.{name}.class_path must look like 'package.module:ClassName', got {comp.class_path!r}")
-    needed = ("vae",) if c.task == "autoencoder" else ("unet", "vae", "text_encoder")
+    needed = {
+        "autoencoder": ("vae",),
+        "t2v": ("unet", "vae", "text_encoder"),
+        "i2v": ("unet", "vae", "text_encoder", "image_encoder", "image_projector"),
+    }[c.task]
     if m.init_from is None:
         for name in needed:
             comp = getattr(m, name)

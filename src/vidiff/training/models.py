@@ -21,12 +21,14 @@ from vidiff.diffusion.schedule import NoiseSchedule
 from vidiff.models.tokenizer import OpenCLIPTokenizer
 from vidiff.training.config import ComponentConfig, ConfigError, ModelConfig
 
-__all__ = ["DenoiserBundle", "TextToVideoComponents", "build_component", "build_t2v_components"]
+__all__ = ["DenoiserBundle", "VideoComponents", "build_component", "build_video_components"]
 
 DEFAULT_CLASSES = {
     "unet": "vidiff.models.unet3d:UNet3DModel",
     "vae": "vidiff.models.autoencoder:LDMAutoencoderKL",
     "text_encoder": "vidiff.models.text_encoder:OpenCLIPTextEncoder",
+    "image_encoder": "vidiff.models.image_encoder:OpenCLIPImageEncoder",
+    "image_projector": "vidiff.models.resampler:Resampler",
 }
 
 
@@ -66,13 +68,15 @@ def build_component(name: str, comp: ComponentConfig, init_from: str | None) -> 
 
 
 @dataclass
-class TextToVideoComponents:
+class VideoComponents:
     unet: nn.Module
     vae: nn.Module
     text_encoder: nn.Module
     tokenizer: OpenCLIPTokenizer
     schedule: NoiseSchedule
     defaults: dict = field(default_factory=dict)
+    image_encoder: nn.Module | None = None  # image-to-video only
+    image_projector: nn.Module | None = None
 
 
 def _init_index(init_from: str | None) -> dict[str, Any]:
@@ -86,8 +90,9 @@ def _init_index(init_from: str | None) -> dict[str, Any]:
     return json.loads(index.read_text())
 
 
-def build_t2v_components(cfg: ModelConfig) -> TextToVideoComponents:
-    """U-Net, autoencoder, text encoder, tokenizer and schedule, checked against each other."""
+def build_video_components(cfg: ModelConfig, task: str = "t2v") -> VideoComponents:
+    """U-Net, autoencoder, text encoder, tokenizer, schedule (+ image encoder and projector for i2v), checked against
+    each other."""
     from vidiff.models.autoencoder import latent_channels_of
 
     index = _init_index(cfg.init_from)
@@ -120,29 +125,64 @@ def build_t2v_components(cfg: ModelConfig) -> TextToVideoComponents:
 
     latent = latent_channels_of(vae)
     uc = unet.config
-    if uc.out_channels != latent or uc.in_channels != latent:
+    want_in = 2 * latent if task == "i2v" and cfg.i2v_flavour == "dc" else latent
+    if uc.out_channels != latent or uc.in_channels != want_in:
         raise ConfigError(
-            f"the U-Net maps {uc.in_channels} -> {uc.out_channels} channels but the autoencoder's latent has {latent} "
-            "(a text-to-video U-Net needs in_channels = out_channels = latent channels)"
+            f"the U-Net maps {uc.in_channels} -> {uc.out_channels} channels but the autoencoder's latent has {latent}: "
+            f"a {task} U-Net{' (DynamiCrafter flavour)' if want_in != latent else ''} needs in_channels = {want_in} "
+            f"and out_channels = {latent}"
         )
     width = text_encoder.config["width"] if isinstance(text_encoder.config, dict) else None
     if width is not None and uc.context_dim != width:
         raise ConfigError(f"the U-Net's context_dim is {uc.context_dim} but the text encoder is {width} wide")
     defaults = {**index.get("defaults", {}), **cfg.defaults}
-    return TextToVideoComponents(unet, vae, text_encoder, tokenizer, schedule, defaults)
+    comps = VideoComponents(unet, vae, text_encoder, tokenizer, schedule, defaults)
+    if task == "i2v":
+        comps.image_encoder = build_component("image_encoder", cfg.image_encoder, cfg.init_from)
+        comps.image_projector = build_component("image_projector", cfg.image_projector, cfg.init_from)
+        _check_i2v(comps, cfg)
+    return comps
+
+
+def _check_i2v(comps: VideoComponents, cfg: ModelConfig) -> None:
+    uc, proj = comps.unet.config, comps.image_projector.config
+    problems = []
+    if not uc.image_cross_attention:
+        problems.append("the U-Net has no image cross-attention (image_cross_attention: true)")
+    if proj["embedding_dim"] != comps.image_encoder.config["width"]:
+        problems.append(f"the projector takes {proj['embedding_dim']}-wide tokens, the image encoder gives "
+                        f"{comps.image_encoder.config['width']}")
+    if proj["output_dim"] != uc.context_dim:
+        problems.append(f"the projector gives {proj['output_dim']}-wide tokens, the U-Net context is {uc.context_dim}")
+    if proj["num_queries"] != uc.image_tokens_per_frame:
+        problems.append(f"the projector makes {proj['num_queries']} tokens per image, the U-Net expects "
+                        f"image_tokens_per_frame = {uc.image_tokens_per_frame}")
+    if (proj["video_length"] is not None) != bool(uc.per_frame_image_tokens):
+        problems.append("per-frame image tokens must be on in both the projector (video_length) and the U-Net "
+                        "(per_frame_image_tokens), or off in both")
+    if comps.tokenizer.context_length != uc.text_context_len:
+        problems.append(f"the U-Net splits text from image tokens after text_context_len = {uc.text_context_len}, "
+                        f"but the tokenizer makes {comps.tokenizer.context_length} text tokens")
+    if problems:
+        raise ConfigError("image-to-video components do not fit: " + "; ".join(problems))
 
 
 class DenoiserBundle(nn.Module):
-    """What the optimiser trains: the U-Net, plus the text encoder when that is trained too.
+    """What the optimiser trains: the U-Net, plus the text encoder and the image projector when those train too.
 
-    ``forward`` takes either ``tokens`` (encoded here, so gradients reach a trainable text encoder) or a ready
-    ``context``; it returns the U-Net output. Parameter names are ``unet.…`` and ``text_encoder.…``.
+    ``forward`` takes either ``tokens`` (encoded here, so gradients reach a trainable text encoder) or a ready text
+    ``context``; for image-to-video also ``clip_tokens`` (the frozen image encoder's output, projected here and appended
+    to the text context) and ``c_concat`` (DynamiCrafter: concatenated to the noisy latent on channels). It returns the
+    U-Net output. Parameter names are ``unet.…``, ``text_encoder.…`` and ``image_projector.…``.
     """
 
-    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None = None) -> None:
+    def __init__(
+        self, unet: nn.Module, text_encoder: nn.Module | None = None, image_projector: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
+        self.image_projector = image_projector
 
     def forward(
         self,
@@ -151,9 +191,19 @@ class DenoiserBundle(nn.Module):
         fps: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        clip_tokens: torch.Tensor | None = None,
+        c_concat: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if tokens is not None:
             if self.text_encoder is None:
                 raise ValueError("tokens were given but this bundle has no text encoder; pass context instead")
             context = self.text_encoder(tokens)
-        return self.unet(sample.contiguous(), timestep, context, fps)  # see losses.encode_latents on memory format
+        if clip_tokens is not None:
+            if self.image_projector is None:
+                raise ValueError("clip_tokens were given but this bundle has no image projector")
+            image = self.image_projector(clip_tokens)
+            context = torch.cat([context, image.to(context.dtype)], dim=1)
+        if c_concat is not None:
+            sample = torch.cat([sample, c_concat.to(sample.dtype)], dim=1)
+        # contiguous: see losses.encode_latents on memory formats
+        return self.unet(sample.contiguous(), timestep, context, fps)

@@ -25,9 +25,9 @@ from vidiff.training.losses import (
     dropout_masks,
     encode_latents,
 )
-from vidiff.training.models import DenoiserBundle, build_component, build_t2v_components
+from vidiff.training.models import DenoiserBundle, build_component, build_video_components
 
-__all__ = ["AutoencoderBundle", "AutoencoderTask", "TextToVideoTask", "make_task"]
+__all__ = ["AutoencoderBundle", "AutoencoderTask", "ImageToVideoTask", "TextToVideoTask", "make_task"]
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -38,19 +38,24 @@ class TextToVideoTask:
     """VideoCrafter-style latent T2V: frozen autoencoder, U-Net (+ optionally the text encoder) trained on ε or v."""
 
     metric_names = ("loss",)
+    kind = "t2v"
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
-        comps = build_t2v_components(cfg.model)
+        comps = build_video_components(cfg.model, self.kind)
         self.unet, self.vae, self.tokenizer, self.schedule = comps.unet, comps.vae, comps.tokenizer, comps.schedule
+        self.image_encoder, self.image_projector = comps.image_encoder, comps.image_projector
         self.defaults = comps.defaults
         self.text_trainable = cfg.model.text_encoder.trainable
         self.text_encoder = comps.text_encoder
-        self.module = DenoiserBundle(self.unet, self.text_encoder if self.text_trainable else None)
+        self.module = DenoiserBundle(self.unet, self.text_encoder if self.text_trainable else None,
+                                     self.image_projector)
         self.vae.requires_grad_(False).eval().to(device)
         if not self.text_trainable:
             self.text_encoder.requires_grad_(False).eval().to(device)
+        if self.image_encoder is not None:
+            self.image_encoder.requires_grad_(False).eval().to(device)
         if cfg.train.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self._uncond_context: torch.Tensor | None = None
@@ -64,6 +69,7 @@ class TextToVideoTask:
                 raise ConfigError(f"sample.steps: {err}") from err
         self.clip_shape: tuple[int, int, int] | None = None  # (frames, height, width) of the training videos
         self.clip_fps: int | None = None
+        self.preview_batch: dict[str, Any] | None = None  # a few training clips (image-to-video previews)
 
     # ------------------------------------------------------------------ loss
     def _conditioning(self, value: torch.Tensor | list) -> torch.Tensor:
@@ -79,37 +85,47 @@ class TextToVideoTask:
                 self._uncond_context = self.text_encoder(tokens).float()
         return self._uncond_context
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
-        cfg = self.cfg
+    def _latents(self, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, Any]:
+        """Scaled latents of the batch (posterior sampled with per-sample noise) and the per-sample draws."""
         if "latents" in batch:
             latents = batch["latents"].to(self.device).float()
-            draws = draw_diffusion(gens, tuple(latents.shape[1:]), self.schedule.num_train_timesteps, False)
-        else:
-            video = batch["video"]
-            if self.clip_shape is None and video.shape[2] > 1:
-                self.clip_shape = tuple(video.shape[2:])
-                self.clip_fps = int(round(float(batch["fps"][0])))
-            from vidiff.models.autoencoder import latent_channels_of, spatial_factor_of
+            return latents, draw_diffusion(gens, tuple(latents.shape[1:]), self.schedule.num_train_timesteps, False)
+        from vidiff.models.autoencoder import latent_channels_of, spatial_factor_of
 
-            f = spatial_factor_of(self.vae)
-            shape = (latent_channels_of(self.vae), video.shape[2], video.shape[3] // f, video.shape[4] // f)
-            draws = draw_diffusion(gens, shape, self.schedule.num_train_timesteps, True)
-            with torch.no_grad():
-                latents = encode_latents(self.vae, video.to(self.device), draws.posterior_eps)
-        drop_text, _ = dropout_masks(draws.uniform, cfg.train.cond_dropout)
-        captions = [cfg.train.uncond_text if d else c for c, d in zip(batch["caption"], drop_text.tolist())]
-        kwargs: dict[str, Any] = {"fps": self._conditioning(batch[cfg.model.conditioning])}
+        video = batch["video"]
+        if self.clip_shape is None and video.shape[2] > 1:
+            self.clip_shape = tuple(video.shape[2:])
+            self.clip_fps = int(round(float(batch["fps"][0])))
+            n = min(len(batch["caption"]), self.cfg.sample.num_reconstructions)
+            self.preview_batch = {"video": video[:n].clone(), "caption": list(batch["caption"][:n]),
+                                  "fps": batch["fps"][:n], "frame_stride": batch["frame_stride"][:n]}
+        f = spatial_factor_of(self.vae)
+        shape = (latent_channels_of(self.vae), video.shape[2], video.shape[3] // f, video.shape[4] // f)
+        draws = draw_diffusion(gens, shape, self.schedule.num_train_timesteps, True)
+        with torch.no_grad():
+            latents = encode_latents(self.vae, video.to(self.device), draws.posterior_eps)
+        return latents, draws
+
+    def _text_kwargs(self, batch: dict[str, Any], drop_text: torch.Tensor) -> dict[str, Any]:
+        """``tokens`` for a trainable text encoder, else a ready ``context``; dropped captions become uncond_text."""
+        uncond = self.cfg.train.uncond_text
+        captions = [uncond if d else c for c, d in zip(batch["caption"], drop_text.tolist())]
         if self.text_trainable:
-            kwargs["tokens"] = self.tokenizer(captions).to(self.device)
-        elif "text_embeddings" in batch:
+            return {"tokens": self.tokenizer(captions).to(self.device)}
+        if "text_embeddings" in batch:
             ctx = batch["text_embeddings"].to(self.device).float()
             if drop_text.any():
                 ctx = ctx.clone()
                 ctx[drop_text.to(self.device)] = self._frozen_uncond().to(ctx.dtype)
-            kwargs["context"] = ctx
-        else:
-            with torch.no_grad():
-                kwargs["context"] = self.text_encoder(self.tokenizer(captions).to(self.device)).float()
+            return {"context": ctx}
+        with torch.no_grad():
+            return {"context": self.text_encoder(self.tokenizer(captions).to(self.device)).float()}
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        latents, draws = self._latents(batch, gens)
+        drop_text, _ = dropout_masks(draws.uniform, self.cfg.train.cond_dropout)
+        kwargs = self._text_kwargs(batch, drop_text)
+        kwargs["fps"] = self._conditioning(batch[self.cfg.model.conditioning])
         return diffusion_loss(model, self.schedule, latents, draws, **kwargs)
 
     # ------------------------------------------------------------------ previews and export
@@ -121,7 +137,8 @@ class TextToVideoTask:
         """
         s, md = self.cfg.sample, self.defaults
         frames, height, width = self.clip_shape or (None, None, None)
-        out: dict[str, Any] = {"num_inference_steps": s.steps, "guidance_scale": s.guidance_scale, "eta": s.eta}
+        out: dict[str, Any] = {"num_inference_steps": s.steps, "guidance_scale": s.guidance_scale, "eta": s.eta,
+                               "guidance_rescale": 0.0, "timestep_spacing": "uniform"}
         out.update(md)
         for key, explicit, seen in (("num_frames", s.num_frames, frames), ("height", s.height, height),
                                     ("width", s.width, width), ("fps", s.fps, self.clip_fps)):
@@ -137,70 +154,145 @@ class TextToVideoTask:
             self.unet, self.vae, self.text_encoder, self.tokenizer, self.schedule, self.sampling_defaults()
         )
 
+    def _generate(self, pipe: Any, d: dict[str, Any]) -> tuple[torch.Tensor, list[str], list]:
+        """(uint8 videos (n, t, H, W, 3), names, contact-sheet rows)."""
+        s = self.cfg.sample
+        out = pipe(list(s.prompts), num_frames=int(d["num_frames"]), height=int(d["height"]), width=int(d["width"]),
+                   num_inference_steps=s.steps, guidance_scale=s.guidance_scale, fps=int(d["fps"]), eta=s.eta,
+                   seed=s.seed, output_type="np", progress=False)
+        return out.frames, list(s.prompts), list(out.frames)
+
     @torch.no_grad()
     def preview(self, out_dir: Path, tag: str) -> list[Path]:
-        """Sample ``sample.prompts`` with the current (EMA-swapped) weights: one mp4 each and one contact sheet."""
+        """Sample with the current (EMA-swapped) weights: one mp4 per video and one PNG contact sheet."""
         from vidiff.utils.video import save_video_outputs, write_contact_sheet
 
-        s, d = self.cfg.sample, self.sampling_defaults()
+        d = self.sampling_defaults()
         if d.get("height") is None or d.get("width") is None:
             raise ConfigError("set sample.height/width (or model.defaults) so previews know the video size")
-        was_training = self.unet.training
-        self.unet.eval()
-        self.text_encoder.eval()
+        modules = [m for m in (self.unet, self.text_encoder, self.image_projector) if m is not None]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
         try:
-            out = self._pipeline()(
-                list(s.prompts),
-                num_frames=int(d["num_frames"]),
-                height=int(d["height"]),
-                width=int(d["width"]),
-                num_inference_steps=s.steps,
-                guidance_scale=s.guidance_scale,
-                fps=int(d["fps"]),
-                eta=s.eta,
-                seed=s.seed,
-                output_type="np",
-                progress=False,
-            )
+            videos, names, rows = self._generate(self._pipeline(), d)
         finally:
-            self.unet.train(was_training)
-            self.text_encoder.train(was_training and self.text_trainable)
+            for m, mode in zip(modules, modes):
+                m.train(mode)
         folder = out_dir / tag
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for i, (prompt, frames) in enumerate(zip(s.prompts, out.frames)):
-            paths += save_video_outputs(frames, folder / f"{i:02d}_{_slug(prompt)}.mp4", fps=int(d["fps"]))
-        paths.append(write_contact_sheet(list(out.frames), out_dir / f"{tag}.png", columns=None))
+        for i, (name, frames) in enumerate(zip(names, videos)):
+            paths += save_video_outputs(frames, folder / f"{i:02d}_{_slug(name)}.mp4", fps=int(d["fps"]))
+        paths.append(write_contact_sheet(rows, out_dir / f"{tag}.png", columns=None))
         return paths
 
-    def export(self, folder: Path, state_dict: dict[str, torch.Tensor] | None = None, step: int = 0) -> None:
-        """Write a model folder the T2V pipeline and ``vidiff generate`` load (``folder`` must exist, empty)."""
-        unet, text_encoder = self.unet, self.text_encoder
+    def _modules_for_export(self, state_dict: dict[str, torch.Tensor] | None) -> dict[str, nn.Module]:
+        mods = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+        if self.image_encoder is not None:
+            mods.update(image_encoder=self.image_encoder, image_projector=self.image_projector)
         if state_dict is not None:  # sharded training: rebuild full modules from the gathered state
-            unet, text_encoder = _rebuilt(self.unet, state_dict, "unet."), text_encoder
-            if self.text_trainable:
-                text_encoder = _rebuilt(self.text_encoder, state_dict, "text_encoder.")
-        unet.save_pretrained(folder / "unet")
-        self.vae.save_pretrained(folder / "vae")
-        text_encoder.save_pretrained(folder / "text_encoder")
-        self.tokenizer.save_pretrained(folder / "tokenizer")
-        self.schedule.save_pretrained(folder / "scheduler")
-        index = {
+            for name in ("unet", "text_encoder", "image_projector"):
+                if any(k.startswith(f"{name}.") for k in state_dict):
+                    mods[name] = _rebuilt(mods[name], state_dict, f"{name}.")
+        return mods
+
+    def _index(self, step: int) -> dict[str, Any]:
+        return {
             "_class_name": "TextToVideoPipeline",
             "family": "vidiff_trained_t2v",
             "flavour": "dc" if self.schedule.data_scale == "dc" else "vc",
-            "components": ["scheduler", "text_encoder", "tokenizer", "unet", "vae"],
+        }
+
+    def export(self, folder: Path, state_dict: dict[str, torch.Tensor] | None = None, step: int = 0) -> None:
+        """Write a model folder the pipelines (and ``vidiff generate``) load; ``folder`` exists and is empty."""
+        mods = self._modules_for_export(state_dict)
+        for name, module in mods.items():
+            module.save_pretrained(folder / name)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.schedule.save_pretrained(folder / "scheduler")
+        index = {
+            **self._index(step),
+            "components": sorted([*mods, "tokenizer", "scheduler"]),
             "defaults": self.sampling_defaults(),
             "training": {"step": step, "config": config_to_dict(self.cfg)},
         }
+        sources = [self.cfg.data.videos] + ([self.cfg.data.images] if self.cfg.data.images else [])
+        if all(src.get("type") == "shapes" for src in sources):  # closed vocabulary: the pipeline warns about others
+            from vidiff.data.shapes import vocabulary
+
+            index["vocabulary"] = sorted(vocabulary())
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+class ImageToVideoTask(TextToVideoTask):
+    """DynamiCrafter / VideoCrafter1-i2v training: the conditioning frame goes through the frozen CLIP image encoder
+    and the trainable projector into the cross-attention context, and (flavour "dc") its latent is concatenated to the
+    noisy latent. Condition dropout follows DynamiCrafter: dropped text becomes ``uncond_text``, a dropped image becomes
+    an all-zero image for the image encoder, while the concatenated latent is kept, as the official training and
+    sampling do."""
+
+    kind = "i2v"
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        if "video" not in batch:
+            raise ConfigError("image-to-video training needs pixel clips (data.videos of type shapes or csv)")
+        video = batch["video"]
+        b, t = video.shape[0], video.shape[2]
+        per_frame = self.image_projector.config["video_length"]
+        if per_frame is not None and per_frame != t:
+            raise ConfigError(f"the projector makes image tokens for {per_frame} frames (video_length) but the clips "
+                              f"have {t}")
+        latents, draws = self._latents(batch, gens)
+        drop_text, drop_image = dropout_masks(draws.uniform, self.cfg.train.cond_dropout)
+        if self.cfg.model.cond_frame == "random":
+            frame = torch.cat([torch.randint(0, t, (1,), generator=g) for g in gens])
+        else:
+            frame = torch.zeros(b, dtype=torch.long)
+        rows = torch.arange(b)
+        image = video[rows, :, frame] * (~drop_image).float()[:, None, None, None]  # (b, 3, H, W); zeros = dropped
+        kwargs = self._text_kwargs(batch, drop_text)
+        kwargs["fps"] = self._conditioning(batch[self.cfg.model.conditioning])
+        with torch.no_grad():
+            kwargs["clip_tokens"] = self.image_encoder(image.to(self.device))
+        if self.cfg.model.i2v_flavour == "dc":
+            cond = latents[rows.to(latents.device), :, frame.to(latents.device)]  # (b, c, h, w)
+            kwargs["c_concat"] = cond.unsqueeze(2).expand(-1, -1, t, -1, -1)
+        return diffusion_loss(model, self.schedule, latents, draws, **kwargs)
+
+    def _pipeline(self):
+        from vidiff.pipelines.image_to_video import ImageToVideoPipeline
+
+        return ImageToVideoPipeline(
+            self.unet, self.vae, self.text_encoder, self.tokenizer, self.image_encoder, self.image_projector,
+            self.schedule, self.cfg.model.i2v_flavour, None, self.sampling_defaults(),
+        )
+
+    def _generate(self, pipe: Any, d: dict[str, Any]) -> tuple[torch.Tensor, list[str], list]:
+        """Animate the first frames of a few training clips with their captions; rows: source clip, generated."""
+        from vidiff.utils.video import batch_to_uint8_frames
+
+        if self.preview_batch is None:
+            raise ConfigError("no training clip seen yet to take the preview images from")
+        s, src = self.cfg.sample, self.preview_batch
+        out = pipe(src["video"][:, :, 0], list(src["caption"]), num_frames=int(d["num_frames"]),
+                   height=int(d["height"]), width=int(d["width"]), num_inference_steps=s.steps,
+                   guidance_scale=s.guidance_scale, fps=int(d["fps"]), eta=s.eta, seed=s.seed, output_type="np",
+                   progress=False)
+        rows = []
+        for real, fake in zip(batch_to_uint8_frames(src["video"]), out.frames):
+            rows += [real, fake]
+        return out.frames, list(src["caption"]), rows
+
+    def _index(self, step: int) -> dict[str, Any]:
+        return {"_class_name": "ImageToVideoPipeline", "family": "vidiff_trained_i2v",
+                "flavour": self.cfg.model.i2v_flavour}
 
 
 def _rebuilt(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str) -> nn.Module:
     """A fresh, unsharded copy of ``module``'s class holding the ``prefix`` part of a gathered state dict."""
     sub = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
-    config = dict(module.config)
-    copy = type(module).from_config(config)
+    copy = type(module).from_config(dict(module.config))
     copy.load_state_dict(sub, strict=True)
     return copy
 
@@ -341,7 +433,6 @@ class AutoencoderTask:
         (folder / "training.json").write_text(json.dumps({"step": step, "config": config_to_dict(self.cfg)}, indent=2))
 
 
-def make_task(cfg: RunConfig, device: torch.device) -> TextToVideoTask | AutoencoderTask:
-    if cfg.task == "t2v":
-        return TextToVideoTask(cfg, device)
-    return AutoencoderTask(cfg, device)
+def make_task(cfg: RunConfig, device: torch.device) -> TextToVideoTask | ImageToVideoTask | AutoencoderTask:
+    tasks = {"t2v": TextToVideoTask, "i2v": ImageToVideoTask, "autoencoder": AutoencoderTask}
+    return tasks[cfg.task](cfg, device)
