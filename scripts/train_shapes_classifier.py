@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -76,11 +77,20 @@ def command(args: argparse.Namespace) -> str:
     )
 
 
+def load(info: dict) -> str:
+    """Load average while training, because wall times on a shared machine mean little without it."""
+    if not info.get("load_average"):
+        return ""
+    first, last = info["load_average"]
+    return f", load average {first:.1f} at the start and {last:.1f} at the end"
+
+
 def model_card(args: argparse.Namespace, info: dict) -> str:
     acc = "\n".join(f"| {k} | {v:.4f} |" for k, v in info["validation_accuracy"].items())
     return f"""# shapes-world video classifier (FVD-shapes features)
 
-A {info["parameters"]:,}-parameter 3D-conv classifier of 16x64x64 shapes-world clips, trained on the world's labels.
+A {info["parameters"]:,}-parameter two-stream (per-frame 2D appearance + 3D motion) conv classifier of 16x64x64
+shapes-world clips, trained on the world's labels.
 Its {info["config"]["feature_dim"]}-d penultimate layer is the feature space of `vidiff.eval.fvd_shapes`.
 Load it with `vidiff.eval.shapes_classifier.load_shapes_classifier()`.
 
@@ -95,7 +105,7 @@ describe the single object of one-object clips; background and objects (one / tw
 * loss: cross-entropy per head, weights {LOSS_WEIGHTS} (others 1)
 * optimiser: AdamW (lr {args.lr}, weight decay {args.weight_decay}), one-cycle schedule, batch {args.batch_size},
   {args.steps} steps, seed {args.seed}, {args.threads} CPU threads
-* wall time: {info["wall_time_s"]:.0f} s on {info["machine"]} (torch {torch.__version__})
+* wall time: {info["wall_time_s"]:.0f} s on {info["machine"]}, {info["cpu_count"]} CPUs{load(info)} (torch {info["torch"]})
 
 ## Validation
 
@@ -105,7 +115,7 @@ clips only):
 | head | accuracy |
 |---|---|
 {acc}
-"""
+{info.get("note", "")}"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
 
+    load_start = os.getloadavg()[0]
     start = time.perf_counter()
     for step in range(args.steps):
         x, y = batch(train_world, range(step * args.batch_size, (step + 1) * args.batch_size), config)
@@ -178,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         "validation_seed": args.seed + 1,
         "validation_accuracy": {k: round(v, 4) for k, v in accuracy.items()},
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "command": command(args),
         "torch": torch.__version__,
         "numpy": np.__version__,

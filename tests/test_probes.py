@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 
 import numpy as np
@@ -170,6 +171,8 @@ def test_ground_truth_image_to_video_probes(truth):
     assert result.accuracy["identity"] == 1.0
     detected = result.results[0].scores["first_frame"].detected
     assert math.isinf(detected["psnr"]) and detected["ssim"] == pytest.approx(1.0)
+    as_json = json.dumps(result.to_dict(), allow_nan=False)  # identical images: PSNR inf is stored as "inf"
+    assert json.loads(as_json)["results"][0]["scores"]["first_frame"]["detected"]["psnr"] == "inf"
 
 
 def test_other_world_sizes_and_lengths():

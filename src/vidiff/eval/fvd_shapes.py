@@ -26,6 +26,7 @@ __all__ = [
     "fvd_shapes",
     "fvd_shapes_features",
     "fvd_shapes_floor",
+    "fvd_shapes_from_features",
     "reference_videos",
 ]
 
@@ -107,6 +108,24 @@ def _protocol(clf: ShapesClassifier, n_real: int, n_fake: int, sqrtm_method: str
     )
 
 
+def fvd_shapes_from_features(
+    real_features: Any,
+    fake_features: Any,
+    classifier: ShapesClassifier | None = None,
+    sqrtm_method: SqrtmMethod = "sqrtm",
+    eps: float = 1e-6,
+) -> dict[str, Any]:
+    """FVD-shapes from features already computed with :func:`fvd_shapes_features` (e.g. one real set, many fakes);
+    ``classifier`` (default: the packaged one) is only recorded in the protocol."""
+    clf = _classifier(classifier)
+    real, fake = torch.as_tensor(real_features), torch.as_tensor(fake_features)
+    for name, f in (("real_features", real), ("fake_features", fake)):
+        if f.ndim != 2 or f.shape[1] != clf.config.feature_dim:
+            raise ValueError(f"{name} must be (n, {clf.config.feature_dim}), got shape {tuple(f.shape)}")
+    value = _distance(real, fake, sqrtm_method, eps)
+    return metric_result("fvd_shapes", value, _protocol(clf, len(real), len(fake), sqrtm_method, eps))
+
+
 def fvd_shapes(
     real_videos: Any,
     fake_videos: Any,
@@ -124,7 +143,7 @@ def fvd_shapes(
     """
     clf = _classifier(classifier)
     real = clf.features(real_videos, batch_size)
-    fake = clf.features(fake_videos, batch_size)
+    fake = real if fake_videos is real_videos else clf.features(fake_videos, batch_size)
     value = _distance(real, fake, sqrtm_method, eps)
     extra: dict[str, Any] = {}
     if floor_seed is not None:

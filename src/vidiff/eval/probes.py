@@ -150,14 +150,29 @@ class ProbeScore:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "passed": self.passed,
-            "score": self.score,
-            "expected": self.expected,
-            "detected": self.detected,
-            "reason": self.reason,
-        }
+        """Strict-JSON-safe: a non-finite number (PSNR of identical images) becomes the string "inf" / "-inf" / "nan"."""
+        return _json_safe(
+            {
+                "name": self.name,
+                "passed": self.passed,
+                "score": self.score,
+                "expected": self.expected,
+                "detected": self.detected,
+                "reason": self.reason,
+            }
+        )
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""A small 3D-conv video classifier for the shapes world, the feature network behind FVD-shapes.
+"""A small video classifier for the shapes world (2D appearance + 3D motion convs), the features behind FVD-shapes.
 
 I3D (for FVD) was trained on Kinetics and says little about 64x64 clips of flat shapes; this network is trained on the
 shapes world's own labels (colour, shape, motion, size, background, number of objects), so its penultimate features
-separate exactly the things a shapes-world model can get wrong. It is tiny (~0.3 M parameters), trains on a CPU in a few
+separate exactly the things a shapes-world model can get wrong. It is tiny (~0.46 M parameters), trains on a CPU in a few
 minutes (``scripts/train_shapes_classifier.py``) and ships with vidiff (``vidiff/assets/shapes_classifier``).
 
 Videos are float ``(n, 3, t, h, w)`` in [-1, 1] or uint8 ``(n, t, h, w, 3)``, at the size the network was trained on
@@ -11,6 +11,7 @@ Videos are float ``(n, 3, t, h, w)`` in [-1, 1] or uint8 ``(n, t, h, w, 3)``, at
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -241,10 +242,13 @@ def default_classifier_path() -> Path:
 def load_shapes_classifier(
     path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
 ) -> ShapesClassifier:
-    """Load a classifier folder (``config.json`` + ``model.safetensors``); ``None`` loads the packaged one."""
+    """Load a classifier folder (``config.json`` + ``model.safetensors``); ``None`` loads the packaged one.
+
+    The packaged classifier is read once and the CPU copy is shared (in eval mode): do not train it in place.
+    """
     if path is None:
         model = _load_default()
-        return model.to(device)
+        return model if torch.device(device).type == "cpu" else copy.deepcopy(model).to(device)
     return _load(Path(path)).to(device)
 
 
