@@ -210,7 +210,7 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         if context is not None:
             context = context.to(dtype)
 
-        h = rearrange(sample, "b c t h w -> (b t) c h w").to(dtype)
+        h = rearrange(sample.contiguous(), "b c t h w -> (b t) c h w").to(dtype)
         skips = []
         for i, block in enumerate(self.input_blocks):
             h = self._run(block, h, emb, context, t)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from diffusers.training_utils import EMAModel
 
-__all__ = ["EMAModel", "ema_weights", "make_ema"]
+__all__ = ["EMAModel", "ema_to", "ema_weights", "make_ema"]
 
 
 def make_ema(parameters: list[torch.nn.Parameter], decay: float, update_after_step: int = 0) -> EMAModel:

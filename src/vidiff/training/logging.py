@@ -35,12 +35,15 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def running_mean(values: list[float], window: int) -> list[float]:
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
+    """Centred moving average (the window shrinks at the ends), so the smoothed curve does not lag the raw one."""
+    prefix = [0.0]
+    for v in values:
+        prefix.append(prefix[-1] + v)
+    half = max(window, 1) // 2
+    out = []
+    for i in range(len(values)):
+        lo, hi = max(0, i - half), min(len(values), i + half + 1)
+        out.append((prefix[hi] - prefix[lo]) / (hi - lo))
     return out
 
 

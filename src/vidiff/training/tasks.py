@@ -1,8 +1,9 @@
-"""What is trained: the text-to-video denoiser or an autoencoder. The loop in :mod:`vidiff.training.trainer` is shared.
+"""What is trained: a text-to-video or image-to-video denoiser, or an autoencoder. The loop in
+:mod:`vidiff.training.trainer` is shared.
 
 A task owns its models, turns a batch into a loss (given per-sample generators, see :mod:`vidiff.training.losses`),
 renders previews and exports a model folder. ``module`` is the ``nn.Module`` handed to the optimiser and to
-``accelerator.prepare``; everything else (frozen autoencoder, frozen text encoder) lives outside it.
+``accelerator.prepare``; everything else (frozen autoencoder, frozen text and image encoders) lives outside it.
 """
 
 from __future__ import annotations
