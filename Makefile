@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= a blue square moving up
+IMAGE ?= src/vidiff/assets/examples/red_circle.png
+MOTION ?= a red circle moving right
 DEMO := outputs/demo
 
 .PHONY: install demo test lint bench
@@ -15,9 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job: a video from a prompt with the embedded shapes-world model (src/vidiff/assets/models/shapes_t2v).
+# The main job: a video from a prompt with the embedded shapes-world text-to-video model, then an animation of an image
+# with the embedded image-to-video model (src/vidiff/assets/models/shapes_t2v, shapes_i2v).
 demo: $(STAMP)
 	$(BIN)/vidiff generate "$(PROMPT)" -o $(DEMO)/video.mp4 --gif --sheet
+	$(BIN)/vidiff animate "$(IMAGE)" "$(MOTION)" -o $(DEMO)/animation.mp4 --gif --sheet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -339,13 +339,16 @@ def test_cli_animate_end_to_end(model_dir, images, tmp_path, mode):
 
 
 @needs_fixtures
-def test_cli_errors(model_dir, images, tmp_path, capsys):
+def test_cli_errors(model_dir, images, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         cli_main(["animate", str(images[0]), "--loop", "--last-image", str(images[1]), "--model", str(model_dir)])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
+    import vidiff.cli_common as cli_common
+
+    monkeypatch.setattr(cli_common, "EMBEDDED_MODELS", tmp_path / "no_models")  # a package without the default
     assert cli_main(["animate", str(images[0])]) == 2
-    assert "no --model given: pass an image-to-video model folder" in capsys.readouterr().err
+    assert "no --model given and no embedded default i2v model" in capsys.readouterr().err
 
     missing = tmp_path / "missing.png"
     assert cli_main(["animate", str(missing), "--model", str(model_dir)]) == 2

@@ -585,3 +585,39 @@ def test_image_cross_attention_stage_updates_only_its_parameters(tmp_path):
     moved = {n for n, p in task.module.named_parameters() if not torch.equal(p, before[n])}
     assert moved and moved <= set(summary.trainable)
     assert any(n.startswith("image_projector.") for n in moved) and any("to_k_ip" in n for n in moved)
+
+
+def test_trainable_image_encoder_learns_with_the_unet(tmp_path):
+    """model.image_encoder.trainable (the embedded I2V default): the image encoder sits in the optimised bundle, gets
+    gradients through projector and image cross-attention, and its trained weights are what the export holds."""
+    from vidiff.data.csv_datasets import collate_video_batch
+    from vidiff.data.shapes import ShapesVideoDataset, ShapesWorldConfig
+    from vidiff.training.data import TrainingSample
+    from vidiff.training.tasks import make_task
+
+    model = {**tiny_config(tmp_path)["model"], **TINY_I2V}
+    model["image_encoder"] = {**TINY_I2V["image_encoder"], "trainable": True}
+    raw = tiny_config(tmp_path / "run", task="i2v", model=model,
+                      train={"max_steps": 2, "ema": False, "cond_dropout": {"text": 0.0}}, export={"at_end": True})
+    cfg = config_from_dict(raw)
+    torch.manual_seed(0)
+    task = make_task(cfg, torch.device("cpu"))
+    names = [n for n, p in task.module.named_parameters() if p.requires_grad]
+    assert any(n.startswith("image_encoder.") for n in names)
+    ds = TrainingSample(ShapesVideoDataset(ShapesWorldConfig(height=32, width=32, num_frames=4), length=2,
+                                           ground_truth=False))
+    batch = collate_video_batch([ds[0], ds[1]])
+    loss, _ = task.loss(task.module, batch, sample_generators(0, 0, 0, [0, 1]))
+    loss.backward()
+    grads = {n: p.grad for n, p in task.module.named_parameters() if n.startswith("image_encoder.")}
+    assert all(g is not None for g in grads.values()) and any(g.abs().sum() > 0 for g in grads.values())
+
+    # Same seed, same construction order: the frozen run exports the initial encoder, the trainable one a trained one.
+    frozen_raw = tiny_config(tmp_path / "frozen", task="i2v", model={**tiny_config(tmp_path)["model"], **TINY_I2V},
+                             train=raw["train"], export={"at_end": True})
+    frozen_task = make_task(config_from_dict(frozen_raw), torch.device("cpu"))
+    assert not any(n.startswith("image_encoder.") for n, _ in frozen_task.module.named_parameters())
+    trained = load_file(str(run_config(raw).model_dir / "image_encoder" / "model.safetensors"))
+    initial = load_file(str(run_config(frozen_raw).model_dir / "image_encoder" / "model.safetensors"))
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)

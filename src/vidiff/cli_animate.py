@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .cli_common import add_sampling_args, check_runtime_args, torch_dtype, write_outputs
+from .cli_common import add_sampling_args, check_runtime_args, resolve_model, torch_dtype, write_outputs
 
 FRAME_STRIDE_PLAYBACK_FPS = 8  # DynamiCrafter-256's fps input is a frame stride; its script saves at 8 fps
 
@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("image", help="input image (PNG, JPEG, WebP, ...)")
     p.add_argument("prompt", nargs="?", default="", help="text prompt (default: none)")
-    p.add_argument("--model", help="vidiff image-to-video model folder (from `vidiff convert`)")
+    p.add_argument("--model", help="vidiff image-to-video model folder (from `vidiff convert` or `vidiff train`; "
+                                    "default: the embedded shapes-world model)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--last-image", help="second image: generate a transition from IMAGE to it")
     mode.add_argument("--loop", action="store_true", help="make a seamless loop that returns to IMAGE")
@@ -39,18 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from .pipelines.image_io import open_image
     from .pipelines.image_to_video import ImageToVideoPipeline
 
-    if args.model is None:
-        raise ValueError(
-            "no --model given: pass an image-to-video model folder made by `vidiff convert` "
-            "(from a DynamiCrafter or VideoCrafter1 i2v checkpoint)"
-        )
+    model = resolve_model(args.model, "i2v")
     check_runtime_args(args)
     # Read the images before the (slow) model load so that a bad path fails at once.
     image = open_image(args.image)
     last_image = open_image(args.last_image) if args.last_image else None
 
     start = time.time()
-    pipe = ImageToVideoPipeline.from_pretrained(args.model, torch_dtype=torch_dtype(args.dtype),
+    pipe = ImageToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype),
                                                 device=args.device)
     fps = args.fps if args.fps is not None else pipe.defaults["fps"]
     out = pipe(

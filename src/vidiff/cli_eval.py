@@ -1,7 +1,8 @@
-"""``vidiff eval``: shapes-world evaluation of a model folder (generate a prompt suite) or of existing videos.
+"""``vidiff eval``: shapes-world evaluation of a model folder (generate a prompt suite), of existing videos, or of an
+autoencoder's round trip of the ground truth (the ceiling a latent model built on it can reach).
 
 ``add_parser(sub)`` registers the sub-command on the ``vidiff`` parser and ``run(args)`` executes it. The work is done by
-:mod:`vidiff.eval.report`; see ``docs/eval.md``.
+:mod:`vidiff.eval.report` and :mod:`vidiff.eval.autoencoder_eval`; see ``docs/eval.md``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ DEFAULT_SUITE = "seen,heldout"
 # Options that only make sense when vidiff generates the videos itself.
 _GENERATION_ONLY = ("steps", "guidance", "guidance_rescale", "image_guidance", "eta", "negative_prompt", "frames",
                     "height", "width", "fps", "suite", "per_triple", "max_triples", "per_prompt")
+# Of those, the ones about sampling itself (the suite options also select what --autoencoder round-trips).
+_SAMPLING_ONLY = tuple(n for n in _GENERATION_ONLY if n not in ("suite", "per_triple", "max_triples", "per_prompt"))
+_SOURCES = ("model", "videos", "autoencoder")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,12 +26,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "eval",
         help="evaluate prompt adherence on the shapes world (probes, FVD-shapes, optional FVD/FID/CLIPSIM)",
         description="Generate a shapes-world prompt suite with --model (or read existing videos with --videos and a "
-                    "--prompts manifest), probe every clip against its prompt, compute metrics, and write "
-                    "OUT_DIR/report.json, accuracy.png and failures.png.",
+                    "--prompts manifest, or round-trip the suite's ground truth through an --autoencoder), probe "
+                    "every clip against its prompt, compute metrics, and write OUT_DIR/report.json, accuracy.png and "
+                    "failures.png.",
     )
-    src = p.add_argument_group("what to evaluate (give exactly one of --model / --videos)")
+    src = p.add_argument_group("what to evaluate (give exactly one of --model / --videos / --autoencoder)")
     src.add_argument("--model", help="vidiff model folder (text-to-video or image-to-video): generate and evaluate")
     src.add_argument("--videos", help="folder of existing videos to evaluate (needs --prompts MANIFEST)")
+    src.add_argument("--autoencoder", help="autoencoder folder (or a model folder: its vae/): evaluate the suite's "
+                                           "ground truth round-tripped through it, the ceiling of a latent model")
     src.add_argument("--prompts", help="prompt file: with --model a .txt (one per line), .json or .csv of prompts; with "
                                        "--videos a manifest naming each video (CSV 'file,prompt' or JSON)")
     s = p.add_argument_group("prompt suite")
@@ -39,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                        "placements derive from it (default 0)")
     s.add_argument("--stride", type=int, help="frame stride of the clips (fps = base_fps / stride); default: the "
                                               "world's largest")
-    s.add_argument("--world", help="JSON file of ShapesWorldConfig fields (default: the model folder's training "
-                                   "world, else the defaults), resized to the clip size")
+    s.add_argument("--world", help="JSON file of ShapesWorldConfig fields (default: the model / autoencoder folder's "
+                                   "training world, else the defaults), resized to the clip size (--model, --videos)")
     g = p.add_argument_group("generation (--model only; unset: the model folder's defaults)")
     g.add_argument("--steps", type=int, help="sampling steps")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
@@ -53,8 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--width", type=int)
     g.add_argument("--fps", type=int, help="fixed fps conditioning (default: from the stride, as in training)")
     g.add_argument("--batch-size", type=int, default=1,
-                   help="prompts per sampling call (default 1: each video is reproducible with `vidiff generate`)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="U-Net/encoder compute dtype")
+                   help="prompts per sampling call (default 1: each video is reproducible with `vidiff generate`); "
+                        "with --autoencoder, clips per round-trip call")
+    g.add_argument("--dtype", choices=sorted(DTYPES), help="U-Net/encoder compute dtype (default fp32)")
     g.add_argument("--device", default="cpu", help="device for generation and metric networks")
     g.add_argument("--threads", type=int, help="torch CPU threads")
     m = p.add_argument_group("metrics (networks are read from local files, never downloaded)")
@@ -75,12 +83,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Every argument error is reported before a model is loaded or a video is read."""
-    if args.model is None and args.videos is None:
-        raise ValueError("give --model FOLDER (generate the suite and evaluate it) or --videos DIR --prompts MANIFEST "
-                         "(evaluate existing videos)")
-    if args.model is not None and args.videos is not None:
-        raise ValueError("give either --model or --videos, not both: --model generates the videos, --videos reads "
-                         "existing ones")
+    given_sources = [f"--{name}" for name in _SOURCES if getattr(args, name) is not None]
+    if not given_sources:
+        raise ValueError("give --model FOLDER (generate the suite and evaluate it), --videos DIR --prompts MANIFEST "
+                         "(evaluate existing videos) or --autoencoder FOLDER (evaluate its round trip of the ground "
+                         "truth)")
+    if len(given_sources) > 1:
+        raise ValueError(f"give exactly one of --model, --videos, --autoencoder, not "
+                         f"{'both' if len(given_sources) == 2 else 'all of'} {' and '.join(given_sources)}: --model "
+                         "generates the videos, --videos reads existing ones, --autoencoder reconstructs the ground "
+                         "truth")
     if args.output is None:
         raise ValueError("no output folder: pass -o OUT_DIR")
     if args.videos is not None:
@@ -90,11 +102,20 @@ def _check_args(args: argparse.Namespace) -> None:
         given = [f"--{name.replace('_', '-')}" for name in _GENERATION_ONLY if getattr(args, name) is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only apply to --model (vidiff generating the videos)")
-    if args.model is not None and args.prompts is not None:
+    if args.autoencoder is not None:
+        if args.dtype is not None:
+            raise ValueError("--dtype only applies to --model (the generation compute dtype)")
+        if args.no_videos:
+            raise ValueError("--no-videos only applies to --model (the generated clips it saves)")
+        given = [f"--{name.replace('_', '-')}" for name in _SAMPLING_ONLY if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --model (sampling); --autoencoder round-trips the "
+                             "ground truth at the world's clip size (set it with --world)")
+    if (args.model is not None or args.autoencoder is not None) and args.prompts is not None:
         given = [f"--{n.replace('_', '-')}" for n in ("suite", "per_triple", "max_triples") if getattr(args, n) is not None]
         if given:
             raise ValueError(f"{', '.join(given)} select canonical prompts; with --prompts (your own) use --per-prompt")
-    if args.model is not None and args.prompts is None and args.per_prompt is not None:
+    if args.videos is None and args.prompts is None and args.per_prompt is not None:
         raise ValueError("--per-prompt applies to a --prompts file; for the canonical suite use --per-triple")
     for name in ("per_triple", "max_triples", "per_prompt", "batch_size", "metrics_batch_size", "stride", "steps",
                  "frames", "height", "width", "threads"):
@@ -145,11 +166,20 @@ def run(args: argparse.Namespace) -> int:
         else:
             suite = canonical_suite(args.suite or DEFAULT_SUITE, per_triple=args.per_triple or 1, seed=args.seed,
                                     max_triples=args.max_triples)
+    if args.autoencoder is not None:
+        from .eval.autoencoder_eval import evaluate_autoencoder
+
+        result = evaluate_autoencoder(
+            args.autoencoder, suite, args.output, stride=args.stride, metrics=metrics, world=world,
+            batch_size=args.batch_size, device=args.device, max_failures=args.max_failures, overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    elif args.model is not None:
         generation = GenerationSettings(
             steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
             image_guidance=args.image_guidance, eta=args.eta, negative_prompt=args.negative_prompt,
             frames=args.frames, height=args.height, width=args.width, fps=args.fps, batch_size=args.batch_size,
-            dtype=args.dtype, device=args.device,
+            dtype=args.dtype or "fp32", device=args.device,
         )
         result = evaluate_model(
             args.model, suite, args.output, stride=args.stride, generation=generation, metrics=metrics, world=world,

@@ -7,7 +7,8 @@ seeds, clip size, stride and fps conditioning, world config, probe thresholds, s
 ``reproduce`` command line is derived from it. See ``docs/eval.md``.
 
 Entry points: :func:`evaluate_model` (``vidiff eval --model``) and :func:`evaluate_video_folder` (``vidiff eval
---videos``); both end in :func:`evaluate_videos`, which takes uint8 clips already in memory.
+--videos``); both end in :func:`evaluate_videos`, which takes uint8 clips already in memory (as does
+:func:`vidiff.eval.autoencoder_eval.evaluate_autoencoder`, ``vidiff eval --autoencoder``).
 """
 
 from __future__ import annotations
@@ -352,6 +353,7 @@ def evaluate_videos(
     networks: _Networks | None = None,
     title: str = "",
     paired_ground_truth: bool = False,
+    extra_metrics: dict[str, dict[str, Any]] | None = None,
 ) -> EvalResult:
     """Probe and measure uint8 ``(T, H, W, 3)`` clips (one per suite item) and write the report and the two PNGs.
 
@@ -359,7 +361,9 @@ def evaluate_videos(
     were made at unless an item states its own; the ground truth is rendered at it. ``protocol`` (e.g. the model and
     sampling settings) is merged into the report's ``protocol``. ``paired_ground_truth`` says the clips started from
     the ground truth's first frame (image-to-video conditioned on it), which adds PSNR / SSIM against the ground truth.
-    ``networks`` are metric networks already loaded by :func:`evaluate_model`.
+    ``networks`` are metric networks already loaded by :func:`evaluate_model`. ``extra_metrics`` (split -> name ->
+    metric result) are measurements only the caller can make, e.g. the reconstruction PSNR of an autoencoder round
+    trip; they join the split's metrics in the report and the table.
     """
     metrics = metrics or MetricSettings()
     out = _check_out_dir(out_dir, overwrite)
@@ -408,6 +412,7 @@ def evaluate_videos(
         }
         split_metrics[split] = _split_metrics(fake[idx], real[idx], floor[idx], prompts, nets, metrics,
                                               paired_ground_truth)
+        split_metrics[split].update((extra_metrics or {}).get(split, {}))
         for i, res in zip(idx, batch.results):
             item = suite.items[i]
             per_video[i] = {
@@ -440,8 +445,7 @@ def evaluate_videos(
             "thresholds": dataclasses.asdict(thresholds),
             "core_probes": list(CORE_PROBES),
             "passed": "every core probe that applies passed",
-            "input": "uint8 frames as generated (before MP4 encoding)" if protocol and protocol.get("mode") == "model"
-            else "uint8 frames decoded from the video files",
+            "input": _PROBE_INPUT.get((protocol or {}).get("mode"), "uint8 frames decoded from the video files"),
         },
     }
     report = {
@@ -461,6 +465,12 @@ def evaluate_videos(
                         paths["failures"], conditions if image_to_video else None, max_failures)
     atomic_write_json(paths["report"], report)
     return EvalResult(report=report, paths=paths, probes=probes)
+
+
+_PROBE_INPUT = {
+    "model": "uint8 frames as generated (before MP4 encoding)",
+    "autoencoder": "uint8 frames as reconstructed (clamped to [-1, 1], truncated to uint8, never MP4-encoded)",
+}
 
 
 def _results_in_order(suite: PromptSuite, probes: dict[str, BatchProbeResult], split: str) -> list[tuple[int, Any]]:
@@ -766,25 +776,37 @@ def _reproduce_command(
     import shlex
 
     w = suite.world
-    parts = ["vidiff", "eval", "--model", str(folder.resolve())]
-    if suite.source == "canonical":
-        parts += ["--suite", ",".join(suite.splits), "--per-triple", str(suite.per_triple)]
-        counts = {sp: len(suite.by_split(sp)) // suite.per_triple for sp in suite.splits}
-        if any(counts[sp] < len(SPLIT_TRIPLES[sp]) for sp in suite.splits):
-            parts += ["--max-triples", str(max(counts.values()))]
-    else:
-        parts += ["--prompts", suite.source, "--per-prompt", str(suite.per_triple)]
-    if world_given:
-        parts += ["--world", "WORLD.json"]  # the report's protocol.suite.world
-    parts += ["--seed", str(suite.seed), "--stride", str(stride), "--frames", str(w.num_frames),
-              "--height", str(w.height), "--width", str(w.width)]
+    parts = ["vidiff", "eval", "--model", str(folder.resolve()), *_suite_args(suite, stride, world_given)]
+    parts += ["--frames", str(w.num_frames), "--height", str(w.height), "--width", str(w.width)]
     for flag, value in (("--steps", s.steps), ("--guidance", s.guidance), ("--guidance-rescale", s.guidance_rescale),
                         ("--eta", s.eta), ("--fps", s.fps), ("--negative-prompt", s.negative_prompt)):
         if value is not None:
             parts += [flag, str(value)]
     if image_to_video and s.image_guidance is not None:
         parts += ["--image-guidance", str(s.image_guidance)]
-    parts += ["--batch-size", str(s.batch_size), "--dtype", s.dtype]
+    parts += ["--batch-size", str(s.batch_size), "--dtype", s.dtype, *_metric_args(m)]
+    if not save_videos:
+        parts.append("--no-videos")
+    parts += ["-o", "OUT_DIR"]
+    return shlex.join(parts)
+
+
+def _suite_args(suite: PromptSuite, stride: int, world_given: bool) -> list[str]:
+    """The command-line flags that select ``suite`` (placeholder WORLD.json: the report's protocol.suite.world)."""
+    if suite.source == "canonical":
+        parts = ["--suite", ",".join(suite.splits), "--per-triple", str(suite.per_triple)]
+        counts = {sp: len(suite.by_split(sp)) // suite.per_triple for sp in suite.splits}
+        if any(counts[sp] < len(SPLIT_TRIPLES[sp]) for sp in suite.splits):
+            parts += ["--max-triples", str(max(counts.values()))]
+    else:
+        parts = ["--prompts", suite.source, "--per-prompt", str(suite.per_triple)]
+    if world_given:
+        parts += ["--world", "WORLD.json"]
+    return parts + ["--seed", str(suite.seed), "--stride", str(stride)]
+
+
+def _metric_args(m: MetricSettings) -> list[str]:
+    parts = []
     if m.fvd_shapes:
         parts.append("--fvd-shapes")
         if m.shapes_classifier:
@@ -792,10 +814,7 @@ def _reproduce_command(
     for flag, value in (("--i3d", m.i3d), ("--inception", m.inception), ("--clip", m.clip)):
         if value is not None:
             parts += [flag, str(value)]
-    if not save_videos:
-        parts.append("--no-videos")
-    parts += ["-o", "OUT_DIR"]
-    return shlex.join(parts)
+    return parts
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -967,7 +986,8 @@ def write_failure_sheet(
 
 
 _METRIC_ORDER = ("fvd_shapes", "fvd", "fid_frames", "inception_score_frames", "clipsim", "frame_consistency_clip",
-                 "frame_consistency_pixel", "psnr_vs_ground_truth", "ssim_vs_ground_truth")
+                 "frame_consistency_pixel", "psnr_vs_ground_truth", "ssim_vs_ground_truth", "reconstruction_psnr",
+                 "reconstruction_ssim")
 
 
 def _metric_cell(res: dict[str, Any] | None) -> str:
@@ -981,6 +1001,8 @@ def _metric_cell(res: dict[str, Any] | None) -> str:
         text += f" (floor {res['floor']:.4g})"
     elif res.get("reference") is not None:
         text += f" (real {res['reference']:.4g})"
+    elif res.get("min") is not None:
+        text += f" (min {res['min']:.4g})"
     return text
 
 

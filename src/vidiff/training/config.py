@@ -59,8 +59,9 @@ class ComponentConfig:
     """Where a model component comes from: a saved folder (``pretrained``) or constructor arguments (``config``).
 
     ``class_path`` ("package.module:Class") selects another class with the same constructor/``from_pretrained``
-    interface (e.g. a temporal-decoder autoencoder). ``trainable`` applies to the text encoder: a trainable encoder is
-    optimised together with the U-Net; a frozen one runs outside the trained module.
+    interface (e.g. a temporal-decoder autoencoder). ``trainable`` applies to the text encoder and the image encoder: a
+    trainable encoder is optimised together with the U-Net (a small encoder trained from scratch, as the embedded
+    image-to-video default does); a frozen one (a converted OpenCLIP tower) runs outside the trained module.
     """
 
     pretrained: str | None = None

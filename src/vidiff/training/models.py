@@ -168,21 +168,27 @@ def _check_i2v(comps: VideoComponents, cfg: ModelConfig) -> None:
 
 
 class DenoiserBundle(nn.Module):
-    """What the optimiser trains: the U-Net, plus the text encoder and the image projector when those train too.
+    """What the optimiser trains: the U-Net, plus the text encoder, image encoder and image projector when those train.
 
     ``forward`` takes either ``tokens`` (encoded here, so gradients reach a trainable text encoder) or a ready text
-    ``context``; for image-to-video also ``clip_tokens`` (the frozen image encoder's output, projected here and appended
-    to the text context) and ``c_concat`` (DynamiCrafter: concatenated to the noisy latent on channels). It returns the
-    U-Net output. Parameter names are ``unet.…``, ``text_encoder.…`` and ``image_projector.…``.
+    ``context``; for image-to-video also either ``clip_images`` (pixels in [-1, 1], encoded here by a trainable image
+    encoder) or ``clip_tokens`` (a frozen image encoder's output), projected here and appended to the text context, and
+    ``c_concat`` (DynamiCrafter: concatenated to the noisy latent on channels). It returns the U-Net output. Parameter
+    names are ``unet.…``, ``text_encoder.…``, ``image_encoder.…`` and ``image_projector.…``.
     """
 
     def __init__(
-        self, unet: nn.Module, text_encoder: nn.Module | None = None, image_projector: nn.Module | None = None
+        self,
+        unet: nn.Module,
+        text_encoder: nn.Module | None = None,
+        image_projector: nn.Module | None = None,
+        image_encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
         self.image_projector = image_projector
+        self.image_encoder = image_encoder
 
     def forward(
         self,
@@ -193,7 +199,14 @@ class DenoiserBundle(nn.Module):
         context: torch.Tensor | None = None,
         clip_tokens: torch.Tensor | None = None,
         c_concat: torch.Tensor | None = None,
+        clip_images: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if clip_images is not None:
+            if self.image_encoder is None:
+                raise ValueError("clip_images were given but this bundle has no (trainable) image encoder")
+            if clip_tokens is not None:
+                raise ValueError("give clip_images or clip_tokens, not both")
+            clip_tokens = self.image_encoder(clip_images)
         if tokens is not None:
             if self.text_encoder is None:
                 raise ValueError("tokens were given but this bundle has no text encoder; pass context instead")

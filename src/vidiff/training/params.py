@@ -3,7 +3,7 @@
 A stage lists *selectors* in ``train.trainable`` and optionally removes some with ``train.frozen``. A selector is
 
 * a glob on the full parameter name, e.g. ``unet.*`` or ``*.attn2.to_k_ip.*`` (names are those of the trained module:
-  ``unet.…``, ``text_encoder.…``, ``image_projector.…``);
+  ``unet.…``, ``text_encoder.…``, ``image_encoder.…``, ``image_projector.…``);
 * ``re:<regex>``, searched in the name;
 * ``module:<ClassName>``, every parameter inside modules of that class (the temporal transformers of the U-Net carry no
   "temporal" in their names, so layer kinds are selected by class);

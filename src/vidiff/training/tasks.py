@@ -50,12 +50,13 @@ class TextToVideoTask:
         self.defaults = comps.defaults
         self.text_trainable = cfg.model.text_encoder.trainable
         self.text_encoder = comps.text_encoder
+        self.image_trainable = self.image_encoder is not None and cfg.model.image_encoder.trainable
         self.module = DenoiserBundle(self.unet, self.text_encoder if self.text_trainable else None,
-                                     self.image_projector)
+                                     self.image_projector, self.image_encoder if self.image_trainable else None)
         self.vae.requires_grad_(False).eval().to(device)
         if not self.text_trainable:
             self.text_encoder.requires_grad_(False).eval().to(device)
-        if self.image_encoder is not None:
+        if self.image_encoder is not None and not self.image_trainable:
             self.image_encoder.requires_grad_(False).eval().to(device)
         if cfg.train.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
@@ -171,7 +172,7 @@ class TextToVideoTask:
         d = self.sampling_defaults()
         if d.get("height") is None or d.get("width") is None:
             raise ConfigError("set sample.height/width (or model.defaults) so previews know the video size")
-        modules = [m for m in (self.unet, self.text_encoder, self.image_projector) if m is not None]
+        modules = [m for m in (self.unet, self.text_encoder, self.image_encoder, self.image_projector) if m is not None]
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()
@@ -193,7 +194,7 @@ class TextToVideoTask:
         if self.image_encoder is not None:
             mods.update(image_encoder=self.image_encoder, image_projector=self.image_projector)
         if state_dict is not None:  # sharded training: rebuild full modules from the gathered state
-            for name in ("unet", "text_encoder", "image_projector"):
+            for name in ("unet", "text_encoder", "image_encoder", "image_projector"):
                 if any(k.startswith(f"{name}.") for k in state_dict):
                     mods[name] = _rebuilt(mods[name], state_dict, f"{name}.")
         return mods
@@ -254,8 +255,11 @@ class ImageToVideoTask(TextToVideoTask):
         image = video[rows, :, frame] * (~drop_image).float()[:, None, None, None]  # (b, 3, H, W); zeros = dropped
         kwargs = self._text_kwargs(batch, drop_text)
         kwargs["fps"] = self._conditioning(batch[self.cfg.model.conditioning])
-        with torch.no_grad():
-            kwargs["clip_tokens"] = self.image_encoder(image.to(self.device))
+        if self.image_trainable:
+            kwargs["clip_images"] = image.to(self.device)
+        else:
+            with torch.no_grad():
+                kwargs["clip_tokens"] = self.image_encoder(image.to(self.device))
         if self.cfg.model.i2v_flavour == "dc":
             cond = latents[rows.to(latents.device), :, frame.to(latents.device)]  # (b, c, h, w)
             kwargs["c_concat"] = cond.unsqueeze(2).expand(-1, -1, t, -1, -1)
