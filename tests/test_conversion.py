@@ -181,14 +181,3 @@ def test_generate_missing_model(tmp_path, capsys):
     assert cli_main(["generate", "a cat", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "o.mp4")]) == 2
     assert "not found" in capsys.readouterr().err
 
-
-def test_embedded_default_generates(tmp_path, capsys):
-    """`vidiff generate` with no --model uses the shipped shapes-world model and warns about unseen words."""
-    from vidiff.utils.video import read_video
-
-    out = tmp_path / "demo.mp4"
-    assert cli_main(["generate", "a blue dragon moving up", "--steps", "4", "--threads", "1", "-o", str(out)]) == 0
-    captured = capsys.readouterr()
-    assert "dragon" in captured.err and "blue" not in captured.err.split("effect:")[-1]
-    frames, _ = read_video(out)
-    assert frames.shape[0] == 8 and frames.std() > 1.0

@@ -163,6 +163,11 @@ def test_converter_rejects_bad_layouts() -> None:
     bad_pos = {**source, "model.visual.positional_embedding": torch.zeros(100, source["model.visual.class_embedding"].shape[0])}
     with pytest.raises(ConversionError, match="grid"):
         infer_image_config(bad_pos, num_heads=heads)
+    key = "model.visual.transformer.resblocks.0.attn.in_proj_bias"
+    with pytest.raises(ConversionError, match=r"in_proj_bias has shape \(\d+,\), expected first dimension 3 \*"):
+        convert_image_encoder({**source, key: source[key][:-1]}, num_heads=heads)
+    with pytest.raises(ConversionError, match="not contiguous"):
+        convert_image_encoder({**source, "model.visual.transformer.resblocks.999.ln_1.weight": torch.zeros(1)}, num_heads=heads)
 
 
 def test_preprocess_rejects_bad_images() -> None:

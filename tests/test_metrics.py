@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from vidiff.eval import frechet as frechet_module
 from vidiff.eval.clip_score import clip_frame_consistency, clipsim, load_clip
+from vidiff.eval.feature_networks import evaluating
 from vidiff.eval.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
 from vidiff.eval.i3d import (
     I3D_MIN_SIZE,
@@ -321,6 +322,19 @@ def test_fvd_refuses_mixed_protocols_and_pixels_without_model():
         fvd(real, other)
     with pytest.raises(ValueError, match="I3D model is needed"):
         fvd(real, torch.zeros(2, 3, 16, 8, 8))
+
+
+def test_evaluating_restores_train_mode_even_when_extraction_fails():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).to(torch.float64).train()
+    with pytest.raises(ValueError, match="boom"), evaluating(model) as (device, dtype):
+        assert not model.training and not model[1].training
+        assert (device, dtype) == (torch.device("cpu"), torch.float64)
+        raise ValueError("boom")
+    assert model.training and model[1].training
+    model.eval()
+    with evaluating(model):
+        pass
+    assert not model.training
 
 
 def test_select_clip_frame_stride_and_start():

@@ -8,13 +8,13 @@ ignored with the reason. Works on real and on meta tensors (shapes, key names an
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 
 import torch
 
 from vidiff.conversion.common import ConversionError, check_shapes
 from vidiff.conversion.component import ConvertedComponent
+from vidiff.conversion.openclip_blocks import convert_resblock_param, count_resblocks, first_mlp_weight
 
 WHAT = "OpenCLIP image encoder (embedder.)"
 _UNUSED_TEXT = "text-side parameter of the CLIP model: the image embedder deletes the text tower and never uses it"
@@ -30,19 +30,7 @@ IGNORED_REASONS = {
     "model.text_projection": _UNUSED_TEXT,
     "model.logit_scale": "CLIP contrastive temperature: unused by the image embedder's forward",
 }
-_BLOCK = re.compile(r"^model\.visual\.transformer\.resblocks\.(\d+)\.(.+)$")
-_BLOCK_RENAMES = {
-    "ln_1.weight": "layer_norm1.weight",
-    "ln_1.bias": "layer_norm1.bias",
-    "ln_2.weight": "layer_norm2.weight",
-    "ln_2.bias": "layer_norm2.bias",
-    "attn.out_proj.weight": "self_attn.out_proj.weight",
-    "attn.out_proj.bias": "self_attn.out_proj.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight",
-    "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight",
-    "mlp.c_proj.bias": "mlp.fc2.bias",
-}
+TOWER = "model.visual.transformer"
 _TOP_RENAMES = {
     "model.visual.class_embedding": "clip.embeddings.class_embedding",
     "model.visual.conv1.weight": "clip.embeddings.patch_embedding.weight",
@@ -75,14 +63,8 @@ def infer_image_config(sd: Mapping[str, torch.Tensor], num_heads: int | None = N
         raise ConversionError(
             f"{WHAT}: {n_positions} positional embeddings is not 1 + grid² (a square patch grid plus the class token)"
         )
-    block_ids = sorted({int(m.group(1)) for k in sd if (m := _BLOCK.match(k))})
-    if not block_ids:
-        raise ConversionError(f"{WHAT}: no model.visual.transformer.resblocks.* keys found")
-    if block_ids != list(range(len(block_ids))):
-        raise ConversionError(f"{WHAT}: residual block indices are not contiguous from 0: {block_ids}")
-    fc = sd.get("model.visual.transformer.resblocks.0.mlp.c_fc.weight")
-    if fc is None:
-        raise ConversionError(f"{WHAT}: missing key 'model.visual.transformer.resblocks.0.mlp.c_fc.weight'")
+    layers = count_resblocks(sd, TOWER, WHAT)
+    fc = first_mlp_weight(sd, TOWER, WHAT)
     heads = default_num_heads(width) if num_heads is None else num_heads
     if not isinstance(heads, int) or heads < 1 or width % heads:
         raise ConversionError(
@@ -92,7 +74,7 @@ def infer_image_config(sd: Mapping[str, torch.Tensor], num_heads: int | None = N
         "image_size": grid * patch_size,
         "patch_size": patch_size,
         "width": width,
-        "layers": len(block_ids),
+        "layers": layers,
         "heads": heads,
         "mlp_width": int(fc.shape[0]),
     }
@@ -116,26 +98,11 @@ def convert_image_encoder(sd: Mapping[str, torch.Tensor], num_heads: int | None 
             out[_TOP_RENAMES[key]] = tensor
             consumed.add(key)
             continue
-        m = _BLOCK.match(key)
-        if m is None:
+        mapped = convert_resblock_param(key, tensor, TOWER, width, WHAT)
+        if not mapped:
             unknown.append(key)
             continue
-        index, rest = m.group(1), m.group(2)
-        prefix = f"clip.encoder.layers.{index}."
-        if rest in _BLOCK_RENAMES:
-            out[prefix + _BLOCK_RENAMES[rest]] = tensor
-        elif rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
-            suffix = "weight" if rest.endswith("weight") else "bias"
-            if tensor.dim() == 0 or tensor.shape[0] != 3 * width:
-                raise ConversionError(
-                    f"{WHAT}: {key} has shape {tuple(tensor.shape)}, expected first dimension 3 * {width}"
-                )
-            # nn.MultiheadAttention packs q, k, v along dim 0 in this order.
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.split(width, dim=0)):
-                out[f"{prefix}self_attn.{name}.{suffix}"] = part
-        else:
-            unknown.append(key)
-            continue
+        out |= mapped
         consumed.add(key)
     if unknown:
         head = ", ".join(sorted(unknown)[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")

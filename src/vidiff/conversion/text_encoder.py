@@ -6,31 +6,19 @@ validated without its weights.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import torch
 
 from vidiff.conversion.common import ConversionError, check_shapes
 from vidiff.conversion.component import ConvertedComponent
+from vidiff.conversion.openclip_blocks import convert_resblock_param, count_resblocks, first_mlp_weight
 
 IGNORED_REASONS = {
     "model.text_projection": "CLIP contrastive head: FrozenOpenCLIPEmbedder returns token states, never the projection",
     "model.logit_scale": "CLIP contrastive temperature: unused by the text embedder's forward",
 }
-_BLOCK = re.compile(r"^model\.transformer\.resblocks\.(\d+)\.(.+)$")
-_BLOCK_RENAMES = {
-    "ln_1.weight": "layer_norm1.weight",
-    "ln_1.bias": "layer_norm1.bias",
-    "ln_2.weight": "layer_norm2.weight",
-    "ln_2.bias": "layer_norm2.bias",
-    "attn.out_proj.weight": "self_attn.out_proj.weight",
-    "attn.out_proj.bias": "self_attn.out_proj.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight",
-    "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight",
-    "mlp.c_proj.bias": "mlp.fc2.bias",
-}
+TOWER = "model.transformer"
 _TOP_RENAMES = {
     "model.token_embedding.weight": "clip.embeddings.token_embedding.weight",
     "model.positional_embedding": "clip.embeddings.position_embedding.weight",
@@ -50,16 +38,10 @@ def infer_text_config(sd: Mapping[str, torch.Tensor], num_heads: int | None = No
             raise ConversionError(f"{WHAT}: {key} must be 2-D, got shape {tuple(sd[key].shape)}")
     vocab_size, width = (int(n) for n in sd["model.token_embedding.weight"].shape)
     context_length = int(sd["model.positional_embedding"].shape[0])
-    block_ids = sorted({int(m.group(1)) for k in sd if (m := _BLOCK.match(k))})
-    if not block_ids:
-        raise ConversionError(f"{WHAT}: no model.transformer.resblocks.* keys found")
-    if block_ids != list(range(len(block_ids))):
-        raise ConversionError(f"{WHAT}: residual block indices are not contiguous from 0: {block_ids}")
-    fc = sd.get("model.transformer.resblocks.0.mlp.c_fc.weight")
-    if fc is None:
-        raise ConversionError(f"{WHAT}: missing key 'model.transformer.resblocks.0.mlp.c_fc.weight'")
+    layers = count_resblocks(sd, TOWER, WHAT)
+    fc = first_mlp_weight(sd, TOWER, WHAT)
     if fc.dim() != 2:
-        raise ConversionError(f"{WHAT}: model.transformer.resblocks.0.mlp.c_fc.weight must be 2-D, got {tuple(fc.shape)}")
+        raise ConversionError(f"{WHAT}: {TOWER}.resblocks.0.mlp.c_fc.weight must be 2-D, got {tuple(fc.shape)}")
     heads = width // 64 if num_heads is None else num_heads
     if not isinstance(heads, int) or heads < 1 or width % heads:
         how = "the default width // 64" if num_heads is None else "given"
@@ -71,7 +53,7 @@ def infer_text_config(sd: Mapping[str, torch.Tensor], num_heads: int | None = No
         "vocab_size": vocab_size,
         "context_length": context_length,
         "width": width,
-        "layers": len(block_ids),
+        "layers": layers,
         "heads": heads,
         "mlp_width": int(fc.shape[0]),
         "layer": "penultimate",
@@ -88,7 +70,7 @@ def official_text_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         "model.ln_final.bias": (w,),
     }
     for i in range(config["layers"]):
-        p = f"model.transformer.resblocks.{i}."
+        p = f"{TOWER}.resblocks.{i}."
         shapes |= {
             p + "ln_1.weight": (w,), p + "ln_1.bias": (w,),
             p + "attn.in_proj_weight": (3 * w, w), p + "attn.in_proj_bias": (3 * w,),
@@ -120,15 +102,7 @@ def convert_text_encoder(sd: Mapping[str, torch.Tensor], num_heads: int | None =
         if key in _TOP_RENAMES:
             out[_TOP_RENAMES[key]] = tensor
             continue
-        index, rest = _BLOCK.match(key).groups()
-        prefix = f"clip.encoder.layers.{index}."
-        if rest in _BLOCK_RENAMES:
-            out[prefix + _BLOCK_RENAMES[rest]] = tensor
-        else:  # attn.in_proj_weight / attn.in_proj_bias
-            suffix = "weight" if rest.endswith("weight") else "bias"
-            # open_clip packs q, k, v along dim 0 in this order (nn.MultiheadAttention).
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.split(width, dim=0)):
-                out[f"{prefix}self_attn.{name}.{suffix}"] = part
+        out |= convert_resblock_param(key, tensor, TOWER, width, WHAT)
 
     with torch.device("meta"):
         reference = OpenCLIPTextEncoder.from_config(config)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidiff.eval.feature_networks import evaluating, load_frozen_network
 from vidiff.eval.frechet import SqrtmMethod, frechet_distance_from_features
 from vidiff.eval.kernel import kernel_distance
 from vidiff.eval.protocols import (
@@ -34,10 +35,8 @@ from vidiff.eval.protocols import (
     VideoFeatureProtocol,
     as_videos,
     iter_batches,
-    load_checked_state_dict,
     metric_result,
     read_state_dict,
-    sha256_file,
 )
 
 __all__ = [
@@ -212,10 +211,7 @@ def load_i3d(
     logits = state.get("logits.conv3d.weight")
     num_classes = int(logits.shape[0]) if logits is not None and logits.ndim == 5 else 400
     model = InceptionI3D(num_classes=num_classes)
-    load_checked_state_dict(model, state, path, "I3D (PyTorch port key names)")
-    model.weights_file = os.path.basename(os.fspath(path))
-    model.weights_sha256 = sha256_file(path)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return load_frozen_network(model, state, path, "I3D (PyTorch port key names)", device, dtype)
 
 
 @dataclass(frozen=True)
@@ -255,11 +251,6 @@ def _resize_frames(videos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return frames.reshape(n, t, c, *size).transpose(1, 2)
 
 
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters())
-    return p.device, p.dtype
-
-
 @torch.no_grad()
 def extract_i3d_features(
     videos: Any,
@@ -280,18 +271,13 @@ def extract_i3d_features(
     frame_stride = _check_int(frame_stride, "frame_stride", 1)
     start_frame = _check_int(start_frame, "start_frame", 0)
     resolution = _check_int(resolution, "resolution", I3D_MIN_SIZE)
-    device, dtype = _model_device_dtype(i3d)
-    was_training = i3d.training
-    i3d.eval()
     rows = []
-    try:
+    with evaluating(i3d) as (device, dtype):
         for batch in iter_batches(videos, batch_size, "videos"):
             x = as_videos(torch.as_tensor(batch).to(device))
             x = select_clip(x, frames_per_clip, frame_stride, start_frame)
             x = _resize_frames(x, (resolution, resolution))
             rows.append(i3d(x.to(dtype), feature_layer=feature_layer).double().cpu().numpy())
-    finally:
-        i3d.train(was_training)
     features = np.concatenate(rows, axis=0)
     protocol = VideoFeatureProtocol(
         feature_layer=f"logits ({i3d.num_classes} classes, before softmax, mean over time)"

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidiff.eval.feature_networks import evaluating, load_frozen_network
 from vidiff.eval.frechet import SqrtmMethod, frechet_distance_from_features
 from vidiff.eval.protocols import (
     FIDProtocol,
@@ -30,10 +31,8 @@ from vidiff.eval.protocols import (
     ISProtocol,
     as_images,
     iter_batches,
-    load_checked_state_dict,
     metric_result,
     read_state_dict,
-    sha256_file,
 )
 
 __all__ = [
@@ -235,10 +234,7 @@ def load_inception(
     fc = state.get("fc.weight")
     num_classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else 1008
     model = FIDInceptionV3(num_classes=num_classes)
-    load_checked_state_dict(model, state, path, "FID Inception-v3 (pt_inception-2015-12-05 key names)")
-    model.weights_file = os.path.basename(os.fspath(path))
-    model.weights_sha256 = sha256_file(path)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return load_frozen_network(model, state, path, "FID Inception-v3 (pt_inception-2015-12-05 key names)", device, dtype)
 
 
 @dataclass(frozen=True)
@@ -262,21 +258,16 @@ def extract_inception_features(
         raise ValueError(f"inception must be a FIDInceptionV3 (see load_inception), got {type(inception).__name__}")
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < INCEPTION_MIN_SIZE:
         raise ValueError(f"resolution must be an int >= {INCEPTION_MIN_SIZE}, got {resolution!r}")
-    p = next(inception.parameters())
-    was_training = inception.training
-    inception.eval()
     pools, logits = [], []
-    try:
+    with evaluating(inception) as (device, dtype):
         for batch in iter_batches(images, batch_size, "images"):
-            x = as_images(torch.as_tensor(batch).to(p.device))
+            x = as_images(torch.as_tensor(batch).to(device))
             if tuple(x.shape[2:]) != (resolution, resolution):
                 x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
                                   antialias=False)
-            pool = inception(x.to(p.dtype))
+            pool = inception(x.to(dtype))
             pools.append(pool.double().cpu().numpy())
             logits.append(inception.class_logits(pool).double().cpu().numpy())
-    finally:
-        inception.train(was_training)
     protocol = ImageFeatureProtocol(
         logits=f"pool3 @ fc.weight.T (no bias), {inception.num_classes} classes",
         resolution=(resolution, resolution),
