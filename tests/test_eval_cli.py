@@ -328,6 +328,12 @@ def test_model_mode_tiny_i2v(i2v_model, tmp_path):
     assert seen["counts"]["first_frame"] == seen["counts"]["identity"] == 2
     assert all(0.0 <= a <= 1.0 for a in seen["accuracy"].values())
     assert {"psnr_vs_ground_truth", "ssim_vs_ground_truth"} <= set(report["metrics"]["seen"])
+    # first_frame_psnr is frame 0 against the conditioning image: the mean of what the per-video probes measured.
+    per_video = [v["probes"]["first_frame"]["detected"]["psnr"] for v in report["videos"] if v["split"] == "seen"]
+    first = report["metrics"]["seen"]["first_frame_psnr"]
+    assert first["value"] == pytest.approx(np.mean(per_video), abs=1e-6)
+    assert first["min"] == pytest.approx(min(per_video), abs=1e-6)
+    assert report["metrics"]["seen"]["first_frame_ssim"]["protocol"]["num_frames"] == 1
     with open(out / "videos" / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     # The conditioning image is the ground truth's first frame: it shows the prompt's object.

@@ -286,6 +286,11 @@ def _split_metrics(
             res = fn(real, fake, bs)
             res.pop("per_video", None)
             out[name] = res
+        # Frame 0 against the conditioning image: DynamiCrafter's first-frame fidelity (the model re-generates it).
+        for name, fn in (("first_frame_psnr", video_psnr), ("first_frame_ssim", video_ssim)):
+            res = fn(real[:, :1], fake[:, :1], bs)
+            res["min"] = float(np.min(res.pop("per_video")))
+            out[name] = res
     if nets.classifier is not None:
         if n < 2:
             out["fvd_shapes"] = _skipped("needs at least 2 videos in the split")
@@ -986,7 +991,8 @@ def write_failure_sheet(
 
 
 _METRIC_ORDER = ("fvd_shapes", "fvd", "fid_frames", "inception_score_frames", "clipsim", "frame_consistency_clip",
-                 "frame_consistency_pixel", "psnr_vs_ground_truth", "ssim_vs_ground_truth", "reconstruction_psnr",
+                 "frame_consistency_pixel", "psnr_vs_ground_truth", "ssim_vs_ground_truth", "first_frame_psnr",
+                 "first_frame_ssim", "reconstruction_psnr",
                  "reconstruction_ssim")
 
 
