@@ -186,6 +186,14 @@ def test_image_guidance_none_is_plain_cfg(pipe, images):
     assert (three_pass - plain).abs().max() / scale < 1e-5
     other = _run(pipe, images[0], image_guidance_scale=1.0).latents
     assert (other - plain).abs().max() / scale > 1e-3
+    # A folder's default image guidance applies when the call gives none, and an explicit value still wins.
+    pipe.defaults["image_guidance_scale"] = 1.0
+    try:
+        assert torch.equal(_run(pipe, images[0]).latents, other)
+        assert torch.equal(_run(pipe, images[0], image_guidance_scale=pipe.defaults["guidance_scale"]).latents,
+                           three_pass)
+    finally:
+        del pipe.defaults["image_guidance_scale"]
 
 
 @needs_fixtures

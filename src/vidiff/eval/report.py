@@ -734,7 +734,8 @@ def evaluate_model(
             "num_inference_steps": steps,
             "guidance_scale": guidance,
             "guidance_rescale": rescale,
-            "image_guidance_scale": settings.image_guidance if image_to_video else None,
+            "image_guidance_scale": (settings.image_guidance if settings.image_guidance is not None
+                                     else pipe.defaults.get("image_guidance_scale")) if image_to_video else None,
             "eta": eta,
             "negative_prompt": settings.negative_prompt or "",
             "num_frames": frames,

@@ -323,6 +323,8 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         fps = self.resolve("fps", fps)
         eta = float(self.resolve("eta", eta))
         spacing = self.resolve("timestep_spacing", timestep_spacing)
+        if image_guidance_scale is None:  # a model folder may default to multi-condition guidance (official ones don't)
+            image_guidance_scale = self.defaults.get("image_guidance_scale")
         self.check_args(height, width, num_frames, steps, output_type)
         self._check_i2v_args(num_frames, loop, last_image)
         if isinstance(fps, bool) or not isinstance(fps, int) or fps < 0:
