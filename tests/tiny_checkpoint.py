@@ -53,6 +53,12 @@ def openclip_text_tower(width: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return sd
 
 
+def has_fixtures() -> bool:
+    """Whether the fixtures this checkpoint is assembled from are present (tests skip without them)."""
+    return bool(fixture_folders("vae")) and any(UNET_VARIANT in load_config(f)["variants"]
+                                                for f in fixture_folders("vc_unet"))
+
+
 def tiny_state_dict() -> dict[str, torch.Tensor]:
     unet_folder = next(f for f in fixture_folders("vc_unet") if UNET_VARIANT in load_config(f)["variants"])
     cfg = load_config(unet_folder)

@@ -40,11 +40,21 @@ RESAMPLER_DIM, RESAMPLER_DEPTH, RESAMPLER_INNER, QUERIES, VIDEO_LENGTH = 32, 2, 
 __all__ = ["FAMILY", "TEXT_HEADS", "UNET_HEAD_CHANNELS", "VIDEO_LENGTH", "save_tiny_i2v_checkpoint", "tiny_i2v_state_dict"]
 
 
+def _find_unet_folder() -> Path | None:
+    return next((f for f in fixture_folders("dc_unet") if UNET_VARIANT in load_config(f)["variants"]), None)
+
+
 def _unet_folder() -> Path:
-    return next(f for f in fixture_folders("dc_unet") if UNET_VARIANT in load_config(f)["variants"])
+    folder = _find_unet_folder()
+    if folder is None:
+        raise FileNotFoundError(f"no dc_unet fixture folder with the {UNET_VARIANT} variant under the fixtures root")
+    return folder
 
 
-UNET_HEAD_CHANNELS = load_config(_unet_folder())["variants"][UNET_VARIANT]["kwargs"]["num_head_channels"]
+# None without the fixtures: importing must still work so the tests that need them can skip.
+_FOLDER = _find_unet_folder()
+UNET_HEAD_CHANNELS = (load_config(_FOLDER)["variants"][UNET_VARIANT]["kwargs"]["num_head_channels"]
+                      if _FOLDER is not None else None)
 
 
 class _Random:
