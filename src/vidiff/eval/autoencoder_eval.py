@@ -39,9 +39,11 @@ from vidiff.eval.report import (
     _resolve_stride,
     _sha256_text,
     _suite_args,
+    _training_world,
     evaluate_videos,
+    paired_quality,
 )
-from vidiff.eval.suite import FLOOR_STREAM, GROUND_TRUTH_STREAM, PromptSuite, world_config_from_dict
+from vidiff.eval.suite import FLOOR_STREAM, GROUND_TRUTH_STREAM, PromptSuite
 
 __all__ = ["AUTOENCODER_CLASSES", "evaluate_autoencoder", "load_autoencoder_folder", "round_trip"]
 
@@ -59,14 +61,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise EvalError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
-
-
-def _training_world(training: dict[str, Any] | None, where: str) -> ShapesWorldConfig | None:
-    """The shapes world a vidiff training run saw (``config.data.videos`` of its record), if it was one."""
-    videos = (((training or {}).get("config") or {}).get("data") or {}).get("videos")
-    if isinstance(videos, dict) and videos.get("type") == "shapes":
-        return world_config_from_dict(videos, where)
-    return None
 
 
 def _resolve_folder(folder: Path) -> tuple[Path, dict[str, Any] | None, str]:
@@ -120,7 +114,7 @@ def load_autoencoder_folder(folder: str | os.PathLike) -> tuple[Any, Path, Shape
         "latent_channels": latent_channels_of(vae),
         "training_step": (training or {}).get("step"),
     }
-    return vae, vae_dir, _training_world(training, where), info
+    return vae, vae_dir, _training_world({"training": training}, where), info
 
 
 def round_trip(vae: Any, videos: Any, device: str = "cpu") -> np.ndarray:
@@ -141,15 +135,9 @@ def round_trip(vae: Any, videos: Any, device: str = "cpu") -> np.ndarray:
 
 
 def _reconstruction_metrics(inputs: np.ndarray, recon: np.ndarray, batch_size: int) -> dict[str, Any]:
-    from vidiff.eval.image_quality import video_psnr, video_ssim
-
-    out = {}
-    for name, fn in (("reconstruction_psnr", video_psnr), ("reconstruction_ssim", video_ssim)):
-        res = fn(inputs, recon, batch_size)
-        per_video = res.pop("per_video")
-        res["min"] = float(np.min(per_video))
+    out = paired_quality(inputs, recon, batch_size, "reconstruction")
+    for res in out.values():
         res["reference_clips"] = f"the round trip's own inputs (ground-truth stream {FLOOR_STREAM}, uint8)"
-        out[name] = res
     return out
 
 

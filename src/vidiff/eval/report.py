@@ -259,6 +259,18 @@ def _skipped(reason: str) -> dict[str, Any]:
     return {"skipped": reason}
 
 
+def paired_quality(real: np.ndarray, fake: np.ndarray, batch_size: int, prefix: str) -> dict[str, Any]:
+    """``{prefix}_psnr`` / ``{prefix}_ssim`` of paired uint8 clips, each with its mean (``value``) and ``min``."""
+    from vidiff.eval.image_quality import video_psnr, video_ssim
+
+    out: dict[str, Any] = {}
+    for name, fn in (("psnr", video_psnr), ("ssim", video_ssim)):
+        res = fn(real, fake, batch_size)
+        res["min"] = float(np.min(res.pop("per_video")))
+        out[f"{prefix}_{name}"] = res
+    return out
+
+
 def _split_metrics(
     fake: np.ndarray,
     real: np.ndarray,
@@ -287,10 +299,7 @@ def _split_metrics(
             res.pop("per_video", None)
             out[name] = res
         # Frame 0 against the conditioning image: DynamiCrafter's first-frame fidelity (the model re-generates it).
-        for name, fn in (("first_frame_psnr", video_psnr), ("first_frame_ssim", video_ssim)):
-            res = fn(real[:, :1], fake[:, :1], bs)
-            res["min"] = float(np.min(res.pop("per_video")))
-            out[name] = res
+        out.update(paired_quality(real[:, :1], fake[:, :1], bs, "first_frame"))
     if nets.classifier is not None:
         if n < 2:
             out["fvd_shapes"] = _skipped("needs at least 2 videos in the split")
@@ -570,11 +579,12 @@ def _model_index(folder: Path) -> dict[str, Any]:
         raise EvalError(f"{index} is not valid JSON: {err}") from None
 
 
-def _training_world(index: dict[str, Any]) -> ShapesWorldConfig | None:
-    """The world a vidiff-trained model folder saw (its training config's shapes data), if it says."""
+def _training_world(index: dict[str, Any], where: str = "model_index.json training.config.data.videos"
+                    ) -> ShapesWorldConfig | None:
+    """The world a vidiff training run saw (the shapes data of ``index["training"]["config"]``), if it says."""
     videos = (((index.get("training") or {}).get("config") or {}).get("data") or {}).get("videos")
     if isinstance(videos, dict) and videos.get("type") == "shapes":
-        return world_config_from_dict(videos, "model_index.json training.config.data.videos")
+        return world_config_from_dict(videos, where)
     return None
 
 
@@ -778,7 +788,8 @@ def _reproduce_command(
     folder: Path, suite: PromptSuite, stride: int, s: GenerationSettings, m: MetricSettings, save_videos: bool,
     image_to_video: bool, world_given: bool,
 ) -> str:
-    """A command line that repeats the run (placeholders: OUT_DIR, and WORLD.json when a world file was given)."""
+    """A command line that repeats the run; OUT_DIR (and WORLD.json, when a world file was given) stand for paths the
+    reader chooses."""
     import shlex
 
     w = suite.world
@@ -798,7 +809,8 @@ def _reproduce_command(
 
 
 def _suite_args(suite: PromptSuite, stride: int, world_given: bool) -> list[str]:
-    """The command-line flags that select ``suite`` (placeholder WORLD.json: the report's protocol.suite.world)."""
+    """The command-line flags that select ``suite``; WORLD.json stands for the report's protocol.suite.world saved to a
+    file."""
     if suite.source == "canonical":
         parts = ["--suite", ",".join(suite.splits), "--per-triple", str(suite.per_triple)]
         counts = {sp: len(suite.by_split(sp)) // suite.per_triple for sp in suite.splits}
