@@ -14,6 +14,7 @@ random draws of each sample do not depend on the number of processes (see :mod:`
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import sys
@@ -148,6 +149,9 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
     except SelectorError as err:
         raise ConfigError(f"train.trainable/frozen: {err}") from err
     say(f"[vidiff train] task {cfg.task}: {summary.describe()}; {accelerator.num_processes} process(es) on {device}")
+    for name, report in getattr(task, "inflation", {}).items():
+        say(f"[vidiff train] {name} initialised from {cfg.model.init_from}: {report.describe()} "
+            f"(list in {out / 'init_report.json'})")
     task.module.to(device)
     params = [p for p in task.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -195,9 +199,14 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
         from vidiff.utils.io import atomic_write_text
 
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        reports = getattr(task, "inflation", {})
+        if reports:
+            atomic_write_text(out / "init_report.json",
+                              json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=2) + "\n")
 
     # ------------------------------------------------------------------ data
-    dataset, n_videos, n_images = build_datasets(cfg.data, _num_frames_hint(cfg))
+    dataset, n_videos, n_images = build_datasets(cfg.data, _num_frames_hint(cfg), images_only=cfg.task == "t2i",
+                                                 masks=cfg.train.foreground_weight > 0)
     batch_sampler = build_batch_sampler(cfg.data, n_videos, n_images, accelerator.num_processes,
                                         accelerator.process_index)
     stream = BatchStream(dataset, batch_sampler, num_workers=cfg.data.num_workers, epoch=state.epoch,
@@ -206,6 +215,12 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
                          enabled=main, resume_step=state.step, tensorboard=cfg.log.tensorboard)
     if main:
         say(f"[vidiff train] output {out}  (log {logger.csv_path}, checkpoints {ckpt_root})")
+
+    probe = _binding_probe(cfg, task, main, say)
+    if probe is not None:
+        from vidiff.training.binding import truncate_binding_csv
+
+        truncate_binding_csv(out, state.step)
 
     stop_step = cfg.train.stop_at_step or cfg.train.max_steps
     stopper = _StopFlag()
@@ -277,6 +292,8 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
                 last_saved = state.step
             if cfg.sample.every and state.step % cfg.sample.every == 0 and state.step < cfg.train.max_steps:
                 result.previews += _preview(accelerator, task, ema, params, samples_dir, state.step, fsdp)
+            if probe is not None and (state.step % cfg.binding.every == 0 or state.step == cfg.train.max_steps):
+                _run_binding(accelerator, probe, task, model, ema, params, out, state.step, cfg)
             if stop_now:
                 say(f"[vidiff train] stop requested: checkpointed step {state.step}; rerun the command to resume")
                 break
@@ -293,7 +310,9 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
                 result.model_dir = _export(accelerator, task, model, ema, params, out / "model", state.step, cfg, fsdp)
         if main:
             plot = logger.plot(f"{cfg.task} training loss ({out.name})")
-            for label, path in (("log", logger.csv_path), ("loss curve", plot), ("model", result.model_dir),
+            binding_plot = out / "binding.png" if probe is not None and (out / "binding.png").is_file() else None
+            for label, path in (("log", logger.csv_path), ("loss curve", plot), ("binding gap", binding_plot),
+                                ("model", result.model_dir),
                                 ("samples", result.previews[-1] if result.previews else None),
                                 ("checkpoint", result.checkpoints[-1] if result.checkpoints else None)):
                 if path is not None:
@@ -346,6 +365,42 @@ def _save(accelerator: Any, root: Path, state: TrainState, cfg: RunConfig, ema: 
     path = save_checkpoint(accelerator, root, state, {"max_steps": cfg.train.max_steps, "task": cfg.task},
                            keep_last=cfg.checkpoint.keep_last, per_process_files=extra)
     return path
+
+
+def _binding_probe(cfg: RunConfig, task: Any, main: bool, say: Any) -> Any:
+    """The conditioning probe of a diffusion task (None for the autoencoder, when off, or on other processes)."""
+    if not cfg.binding.every or not main or not hasattr(task, "binding_batch"):
+        return None
+    from vidiff.training.binding import BindingProbe
+
+    batch = task.binding_batch(cfg.binding.num_samples, cfg.binding.seed)
+    probe = BindingProbe(batch, cfg.binding.timesteps, cfg.binding.attributes, seed=cfg.binding.seed)
+    say(f"[vidiff train] binding probe every {cfg.binding.every} steps on {len(batch.captions)} held-out clips: "
+        f"{', '.join(probe.attributes)} at t = {', '.join(map(str, probe.timesteps))}")
+    return probe
+
+
+def _run_binding(accelerator: Any, probe: Any, task: Any, model: Any, ema: Any, params: list, out: Path, step: int,
+                 cfg: RunConfig) -> None:
+    """Measure the binding gap with the EMA weights (what export writes), log it, plot it, warn if words are ignored."""
+    from vidiff.training.binding import append_binding_csv, plot_binding
+
+    t0 = time.perf_counter()
+    net = accelerator.unwrap_model(model)
+    was = net.training
+    net.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), ema_weights(ema, params), torch.no_grad():
+            result = probe.run(lambda *a: task.binding_loss(net, *a), step)
+    finally:
+        net.train(was)
+    append_binding_csv(out, result)
+    plot_binding(out, f"{cfg.task} binding ({out.name})")
+    accelerator.print(f"[vidiff train] binding at step {step} ({time.perf_counter() - t0:.0f} s): {result.describe()}")
+    ignored = [a for a in result.ignored() if a not in ("caption",)]
+    if ignored and step >= 2 * cfg.binding.every:
+        accelerator.print(f"[vidiff train] warning: swapping {', '.join(ignored)} changes the loss by < 1 %: the model "
+                          "is not using these words yet")
 
 
 def _preview(accelerator: Any, task: Any, ema: Any, params: list, folder: Path, step: int, fsdp: bool) -> list[Path]:
