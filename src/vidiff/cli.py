@@ -9,7 +9,15 @@ import time
 import warnings
 
 from . import cli_animate, cli_eval, cli_train
-from .cli_common import DTYPES, add_sampling_args, check_runtime_args, resolve_model, torch_dtype, write_outputs
+from .cli_common import (
+    DTYPES,
+    add_sampling_args,
+    check_runtime_args,
+    probe_verdict,
+    resolve_model,
+    torch_dtype,
+    write_outputs,
+)
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +37,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate a video from a text prompt")
+    p = sub.add_parser("generate", help="generate a video (or, with a text-to-image model and -o x.png, an image) "
+                                        "from a text prompt")
     p.add_argument("prompt", help="text prompt")
     p.add_argument("--model", help="vidiff model folder (default: the embedded shapes-world model)")
     add_sampling_args(p, "outputs/video.mp4")
@@ -81,11 +90,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_runtime_args(args)
     start = time.time()
     pipe = TextToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device)
-    fps = args.fps if args.fps is not None else pipe.defaults["fps"]
+    fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 1)
+    frames = args.frames
+    if frames is None and args.output.endswith(".png"):
+        frames = 1
     out = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,
-        num_frames=args.frames,
+        num_frames=frames,
         height=args.height,
         width=args.width,
         num_inference_steps=args.steps,
@@ -97,6 +109,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
     )
     write_outputs(out.frames, args, fps, start, "generated")
+    verdict = probe_verdict(out.frames[0], args.prompt, model, fps)
+    if verdict:
+        print(verdict)
     return 0
 
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from .cli_common import add_sampling_args, check_runtime_args, resolve_model, torch_dtype, write_outputs
+from .cli_common import (
+    add_sampling_args,
+    check_runtime_args,
+    probe_verdict,
+    resolve_model,
+    torch_dtype,
+    write_outputs,
+)
 
 FRAME_STRIDE_PLAYBACK_FPS = 8  # DynamiCrafter-256's fps input is a frame stride; its script saves at 8 fps
 
@@ -72,4 +79,12 @@ def run(args: argparse.Namespace) -> int:
     if playback is None:
         playback = FRAME_STRIDE_PLAYBACK_FPS if pipe.fps_is_frame_stride else fps
     write_outputs(out.frames, args, playback, start, "animated")
+    if args.prompt and not (last_image is not None or args.loop):
+        import numpy as np
+
+        condition = np.asarray(image.convert("RGB").resize(out.frames.shape[3:1:-1]))
+        verdict = probe_verdict(out.frames[0], args.prompt, model, None if pipe.fps_is_frame_stride else fps,
+                                condition_image=condition)
+        if verdict:
+            print(verdict)
     return 0

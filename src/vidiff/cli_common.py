@@ -16,7 +16,8 @@ def torch_dtype(name: str | None):
 
 
 def add_sampling_args(p: argparse.ArgumentParser, default_output: str) -> None:
-    p.add_argument("-o", "--output", default=default_output, help=f"output .mp4 path (default {default_output})")
+    p.add_argument("-o", "--output", default=default_output,
+                   help=f"output .mp4 path (.png for a text-to-image model; default {default_output})")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
@@ -37,19 +38,64 @@ def check_runtime_args(args: argparse.Namespace) -> None:
     """Fail on bad arguments before any model is loaded; apply the thread count."""
     import torch
 
-    if not args.output.endswith(".mp4"):
-        raise ValueError(f"--output must end in .mp4, got {args.output}")
+    if not args.output.endswith((".mp4", ".png")):
+        raise ValueError(f"--output must end in .mp4 (or .png for an image), got {args.output}")
     if args.dtype == "fp16" and not str(args.device).startswith("cuda"):
         raise ValueError("--dtype fp16 needs a GPU (--device cuda); use bf16 or fp32 on the CPU")
     if args.threads:
         torch.set_num_threads(args.threads)
 
 
+def probe_verdict(video_uint8, prompt: str, model: str, fps: float | None, condition_image=None) -> str | None:
+    """One line saying what the shapes-world probes read from a generated clip, e.g.
+    ``probe: blue square, moving up ✓`` (or ``✗ colour: expected blue, saw red``), for models trained on the shapes
+    world and prompts in its vocabulary; None otherwise (nothing to check against)."""
+    import json
+
+    index = Path(model) / "model_index.json"
+    try:
+        meta = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return None
+    if "vocabulary" not in meta:
+        return None
+    from .data.shapes import ShapesWorldConfig, parse_caption
+    from .eval.probes import CORE_PROBES, probe_video
+
+    attrs = parse_caption(prompt) if prompt else None
+    if attrs is None:
+        return None
+    frames = video_uint8
+    h, w = frames.shape[1:3]
+    world = ShapesWorldConfig(height=int(h), width=int(w), num_frames=max(2, int(frames.shape[0])))
+    stride = None
+    if fps and frames.shape[0] > 1 and float(world.base_fps / fps).is_integer():
+        stride = int(world.base_fps / fps)
+    cond = None if condition_image is None else condition_image
+    try:
+        result = probe_video(frames, prompt, world, condition_image=cond, stride=stride)
+    except ValueError:
+        return None
+    obj = attrs.primary
+    said = f"{obj.colour} {obj.shape}"
+    if obj.motion is not None:
+        said += ", standing still" if obj.motion == "still" else f", moving {obj.motion}"
+    failed = [f"{name}: expected {s.expected}, saw {s.detected}" for name, s in result.scores.items()
+              if name in CORE_PROBES and not s.passed]
+    return f"probe: {said} " + ("\u2713" if not failed else "\u2717 (" + "; ".join(failed) + ")")
+
+
 def write_outputs(frames, args: argparse.Namespace, fps: float, start: float, verb: str) -> None:
     """Write the first video of a pipeline output (mp4, optional GIF and contact sheet) and print the paths."""
-    from .utils.video import save_video_outputs
+    from .utils.video import save_video_outputs, write_png
 
-    paths = save_video_outputs(frames[0], args.output, fps=fps, gif=args.gif, contact_sheet=args.sheet)
+    if args.output.endswith(".png"):
+        if frames.shape[1] != 1:
+            raise ValueError(f"-o {args.output}: a PNG holds one image but {frames.shape[1]} frames were made; "
+                             "use .mp4 or --frames 1")
+        paths = [write_png(frames[0], args.output)]
+    else:
+        paths = save_video_outputs(frames[0], args.output, fps=fps, gif=args.gif, contact_sheet=args.sheet)
     print(f"{verb} {tuple(frames.shape[1:4])} (frames, height, width) in {time.time() - start:.1f} s")
     for path in paths:
         print(f"wrote {path}")

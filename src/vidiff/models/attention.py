@@ -216,7 +216,7 @@ class SpatialTransformer(nn.Module):
             x = block(x, context)
         if self.use_linear:
             x = self.proj_out(x)
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous()  # same layout as the input: see tests/test_inflation.py
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in

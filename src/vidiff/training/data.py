@@ -21,7 +21,22 @@ from vidiff.training.config import ConfigError, DataConfig
 
 __all__ = ["BatchStream", "TrainingSample", "build_datasets", "build_batch_sampler"]
 
-_KEEP = ("video", "latents", "text_embeddings", "caption", "fps", "frame_stride", "index")
+_KEEP = ("video", "latents", "text_embeddings", "caption", "fps", "frame_stride", "index", "foreground")
+
+
+def _foreground(item: dict[str, Any]) -> torch.Tensor | None:
+    """(1, T, H, W) union of the object masks of a shapes-world item (video or image), or None without masks."""
+    if "masks" in item:
+        masks = item["masks"].float()
+        if "second_masks" in item:
+            masks = torch.maximum(masks, item["second_masks"].float())
+        return masks[None]
+    if "mask" in item:
+        mask = item["mask"].float()
+        if "second_mask" in item:
+            mask = torch.maximum(mask, item["second_mask"].float())
+        return mask[None, None]
+    return None
 
 
 class TrainingSample(Dataset):
@@ -47,8 +62,13 @@ class TrainingSample(Dataset):
         if "image" in item and "video" not in item:  # ShapesImageDataset: (3, H, W)
             item = {**item, "video": item["image"][:, None], "fps": self.image_fps, "frame_stride": 0}
         out = {k: item[k] for k in _KEEP if k in item}
+        fg = _foreground(item)
+        if fg is not None:
+            out["foreground"] = fg
         if "video" in out and self.static_frames > 1 and out["video"].shape[1] == 1:
             out["video"] = out["video"].expand(-1, self.static_frames, -1, -1).contiguous()
+            if "foreground" in out:
+                out["foreground"] = out["foreground"].expand(-1, self.static_frames, -1, -1).contiguous()
         for key, kind in (("fps", float), ("frame_stride", int), ("index", int)):
             value = out.get(key)
             if isinstance(value, torch.Tensor):
@@ -74,7 +94,7 @@ def _shapes_config(kwargs: dict, where: str):
         raise ConfigError(f"{where}: {err}") from err
 
 
-def _build_one(spec: dict, where: str, seed: int, kind: str) -> Dataset:
+def _build_one(spec: dict, where: str, seed: int, kind: str, masks: bool = False) -> Dataset:
     spec = dict(spec)
     typ = spec.pop("type")
     try:
@@ -83,7 +103,7 @@ def _build_one(spec: dict, where: str, seed: int, kind: str) -> Dataset:
 
             length = spec.pop("length", 100_000)
             cls = ShapesVideoDataset if kind == "videos" else ShapesImageDataset
-            return cls(_shapes_config(spec, where), length=length, ground_truth=False)
+            return cls(_shapes_config(spec, where), length=length, ground_truth=masks)
         if typ == "csv" and kind == "videos":
             if "frame_stride" in spec and isinstance(spec["frame_stride"], list):
                 spec["frame_stride"] = tuple(spec["frame_stride"])
@@ -107,9 +127,21 @@ def _build_one(spec: dict, where: str, seed: int, kind: str) -> Dataset:
     raise ConfigError(f"{where}.type must be one of {allowed}, got {typ!r}")
 
 
-def build_datasets(cfg: DataConfig, num_frames_hint: int | None = None) -> tuple[Dataset, int, int]:
-    """``(dataset, num_videos, num_images)``; with images the dataset is ``ConcatDataset([videos, images])``."""
-    videos = TrainingSample(_build_one(cfg.videos, "data.videos", cfg.seed, "videos"))
+def build_datasets(cfg: DataConfig, num_frames_hint: int | None = None, *, images_only: bool = False,
+                   masks: bool = False) -> tuple[Dataset, int, int]:
+    """``(dataset, num_videos, num_images)``; with images the dataset is ``ConcatDataset([videos, images])``.
+
+    ``images_only`` (text-to-image training): the images are the whole dataset, as 1-frame clips, counted as videos.
+    ``masks``: shapes-world items carry a ``foreground`` mask (for ``train.foreground_weight``).
+    """
+    if images_only:
+        spec = dict(cfg.images)
+        spec.pop("fps", None)
+        images = TrainingSample(_build_one(spec, "data.images", cfg.seed, "images", masks))
+        if len(images) < 1:
+            raise ConfigError("data.images is empty")
+        return images, len(images), 0
+    videos = TrainingSample(_build_one(cfg.videos, "data.videos", cfg.seed, "videos", masks))
     if len(videos) < 1:
         raise ConfigError("data.videos is empty")
     if cfg.images is None:
@@ -117,7 +149,7 @@ def build_datasets(cfg: DataConfig, num_frames_hint: int | None = None) -> tuple
     spec = dict(cfg.images)
     image_fps = float(spec.pop("fps", 0.0)) if spec.get("type") == "shapes" else 0.0
     frames = num_frames_hint if cfg.images_as_static_clips and num_frames_hint else 1
-    images = TrainingSample(_build_one(spec, "data.images", cfg.seed, "images"), image_fps=image_fps,
+    images = TrainingSample(_build_one(spec, "data.images", cfg.seed, "images", masks), image_fps=image_fps,
                             static_frames=frames)
     return ConcatDataset([videos, images]), len(videos), len(images)
 

@@ -25,6 +25,7 @@ __all__ = [
     "draw_diffusion",
     "dropout_masks",
     "encode_latents",
+    "foreground_weight",
     "sample_generators",
 ]
 
@@ -105,12 +106,14 @@ def diffusion_loss(
     schedule: NoiseSchedule,
     latents: torch.Tensor,
     draws: DiffusionDraws,
+    weight: torch.Tensor | None = None,
     **model_kwargs: Any,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The LVDM objective: MSE between the model output and the ε or v target at a uniformly drawn timestep.
 
     ``add_noise``/``training_target`` apply the schedule's data scale (VideoCrafter ``use_scale``, DynamiCrafter
-    dynamic rescale) exactly as the official training does.
+    dynamic rescale) exactly as the official training does. ``weight`` (broadcastable to the latents) re-weights
+    latent cells; the loss is divided by the weight's mean, so its scale stays that of the plain MSE.
     """
     device = latents.device
     t = draws.timesteps.to(device)
@@ -118,8 +121,23 @@ def diffusion_loss(
     noisy = schedule.add_noise(latents, noise, t)
     target = schedule.training_target(latents, noise, t)
     pred = model(noisy, t, **model_kwargs)
-    loss = F.mse_loss(pred.float(), target.float())
-    return loss, {"loss": float(loss.detach())}
+    if weight is None:
+        loss = F.mse_loss(pred.float(), target.float())
+        return loss, {"loss": float(loss.detach())}
+    err = (pred.float() - target.float()).square()
+    weight = weight.to(device=err.device, dtype=err.dtype).expand_as(err)
+    loss = (weight * err).sum() / weight.sum()
+    return loss, {"loss": float(loss.detach()), "mse": float(err.mean().detach())}
+
+
+def foreground_weight(foreground: torch.Tensor, factor: int, strength: float) -> torch.Tensor:
+    """(b, 1, t, H, W) pixel masks -> (b, 1, t, H/f, W/f) loss weights 1 + strength at latent cells touching an object."""
+    from einops import rearrange
+
+    b = foreground.shape[0]
+    frames = rearrange(foreground.float(), "b c t h w -> (b t) c h w")
+    cells = F.max_pool2d(frames, factor) if factor > 1 else frames
+    return 1.0 + strength * rearrange(cells, "(b t) c h w -> b c t h w", b=b)
 
 
 def autoencoder_loss(

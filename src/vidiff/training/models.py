@@ -44,17 +44,34 @@ def import_class(path: str) -> type:
     return cls
 
 
-def build_component(name: str, comp: ComponentConfig, init_from: str | None) -> nn.Module:
-    """One model component, from ``comp`` or else from ``init_from/<name>``."""
+def build_component(name: str, comp: ComponentConfig, init_from: str | None,
+                    reports: dict[str, Any] | None = None) -> nn.Module:
+    """One model component, from ``comp`` or else from ``init_from/<name>``.
+
+    With both a ``config`` and an ``init_from`` folder that holds this component, the component is built from the
+    config and *inflated* from the folder's weights (:func:`vidiff.models.inflation.inflate_from`): matching tensors
+    load, new temporal / fps / image-stream layers start as identities; the report goes to ``reports[name]``.
+    """
     cls = import_class(comp.class_path or DEFAULT_CLASSES[name])
     where = f"model.{name}"
     if comp.config is not None:
         try:
-            return cls(**comp.config)
+            module = cls(**comp.config)
         except TypeError as err:
             raise ConfigError(f"{where}.config does not fit {cls.__name__}: {err}") from err
         except ValueError as err:
             raise ConfigError(f"{where}.config: {err}") from err
+        source = Path(init_from) / name if init_from is not None else None
+        if source is not None and source.is_dir() and hasattr(cls, "from_pretrained"):
+            from vidiff.models.inflation import inflate_from
+
+            try:
+                report = inflate_from(module, cls.from_pretrained(source))
+            except ValueError as err:
+                raise ConfigError(f"{where}: inflating from {source}: {err}") from err
+            if reports is not None:
+                reports[name] = report
+        return module
     folder = comp.pretrained
     if folder is None:
         if init_from is None:
@@ -77,6 +94,7 @@ class VideoComponents:
     defaults: dict = field(default_factory=dict)
     image_encoder: nn.Module | None = None  # image-to-video only
     image_projector: nn.Module | None = None
+    inflation: dict[str, Any] = field(default_factory=dict)  # component -> InflationReport (config + init_from)
 
 
 def _init_index(init_from: str | None) -> dict[str, Any]:
@@ -96,9 +114,10 @@ def build_video_components(cfg: ModelConfig, task: str = "t2v") -> VideoComponen
     from vidiff.models.autoencoder import latent_channels_of
 
     index = _init_index(cfg.init_from)
-    unet = build_component("unet", cfg.unet, cfg.init_from)
-    vae = build_component("vae", cfg.vae, cfg.init_from)
-    text_encoder = build_component("text_encoder", cfg.text_encoder, cfg.init_from)
+    reports: dict[str, Any] = {}
+    unet = build_component("unet", cfg.unet, cfg.init_from, reports)
+    vae = build_component("vae", cfg.vae, cfg.init_from, reports)
+    text_encoder = build_component("text_encoder", cfg.text_encoder, cfg.init_from, reports)
 
     text_len = text_encoder.config["context_length"] if isinstance(text_encoder.config, dict) else 77
     tok_dir = Path(cfg.init_from) / "tokenizer" if cfg.init_from else None
@@ -136,10 +155,10 @@ def build_video_components(cfg: ModelConfig, task: str = "t2v") -> VideoComponen
     if width is not None and uc.context_dim != width:
         raise ConfigError(f"the U-Net's context_dim is {uc.context_dim} but the text encoder is {width} wide")
     defaults = {**index.get("defaults", {}), **cfg.defaults}
-    comps = VideoComponents(unet, vae, text_encoder, tokenizer, schedule, defaults)
+    comps = VideoComponents(unet, vae, text_encoder, tokenizer, schedule, defaults, inflation=reports)
     if task == "i2v":
-        comps.image_encoder = build_component("image_encoder", cfg.image_encoder, cfg.init_from)
-        comps.image_projector = build_component("image_projector", cfg.image_projector, cfg.init_from)
+        comps.image_encoder = build_component("image_encoder", cfg.image_encoder, cfg.init_from, reports)
+        comps.image_projector = build_component("image_projector", cfg.image_projector, cfg.init_from, reports)
         _check_i2v(comps, cfg)
     return comps
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
@@ -25,10 +26,12 @@ from vidiff.training.losses import (
     draw_diffusion,
     dropout_masks,
     encode_latents,
+    foreground_weight,
 )
 from vidiff.training.models import DenoiserBundle, build_component, build_video_components
 
-__all__ = ["AutoencoderBundle", "AutoencoderTask", "ImageToVideoTask", "TextToVideoTask", "make_task"]
+__all__ = ["AutoencoderBundle", "AutoencoderTask", "ImageToVideoTask", "TextToImageTask", "TextToVideoTask",
+           "make_task"]
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -38,16 +41,18 @@ def _slug(text: str, limit: int = 40) -> str:
 class TextToVideoTask:
     """VideoCrafter-style latent T2V: frozen autoencoder, U-Net (+ optionally the text encoder) trained on ε or v."""
 
-    metric_names = ("loss",)
     kind = "t2v"
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
+        self.metric_names = ("loss", "mse") if cfg.train.foreground_weight else ("loss",)
+        self._posteriors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         comps = build_video_components(cfg.model, self.kind)
         self.unet, self.vae, self.tokenizer, self.schedule = comps.unet, comps.vae, comps.tokenizer, comps.schedule
         self.image_encoder, self.image_projector = comps.image_encoder, comps.image_projector
         self.defaults = comps.defaults
+        self.inflation = comps.inflation
         self.text_trainable = cfg.model.text_encoder.trainable
         self.text_encoder = comps.text_encoder
         self.image_trainable = self.image_encoder is not None and cfg.model.image_encoder.trainable
@@ -105,8 +110,46 @@ class TextToVideoTask:
         shape = (latent_channels_of(self.vae), video.shape[2], video.shape[3] // f, video.shape[4] // f)
         draws = draw_diffusion(gens, shape, self.schedule.num_train_timesteps, True)
         with torch.no_grad():
-            latents = encode_latents(self.vae, video.to(self.device), draws.posterior_eps)
+            if self.cfg.train.cache_latents:
+                latents = self._cached_latents(batch, draws.posterior_eps)
+            else:
+                latents = encode_latents(self.vae, video.to(self.device), draws.posterior_eps)
         return latents, draws
+
+    def _cached_latents(self, batch: dict[str, Any], posterior_eps: torch.Tensor) -> torch.Tensor:
+        """encode_latents with the posterior (mean, std) of clips seen before taken from memory (by index, caption)."""
+        from einops import rearrange
+
+        keys = [(int(i), c) for i, c in zip(batch["index"].tolist(), batch["caption"])]
+        missing = [j for j, k in enumerate(keys) if k not in self._posteriors]
+        if missing:
+            video = batch["video"][missing]
+            b, t = video.shape[0], video.shape[2]
+            param = next(self.vae.parameters())
+            frames = rearrange(video, "b c t h w -> (b t) c h w").to(device=param.device, dtype=param.dtype)
+            post = self.vae.encode(frames).latent_dist
+            mean = rearrange(post.mean.float(), "(b t) c h w -> b c t h w", b=b, t=t).cpu()
+            std = rearrange(post.std.float(), "(b t) c h w -> b c t h w", b=b, t=t).cpu()
+            for j, row in enumerate(missing):
+                self._posteriors[keys[row]] = (mean[j].clone(), std[j].clone())
+        mean = torch.stack([self._posteriors[k][0] for k in keys]).to(self.device)
+        std = torch.stack([self._posteriors[k][1] for k in keys]).to(self.device)
+        z = mean + std * posterior_eps.to(device=self.device, dtype=mean.dtype)
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z - shift
+        return (z * self.vae.config.scaling_factor).float().contiguous()
+
+    def _weight(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """Foreground loss weights at latent resolution (train.foreground_weight), or None."""
+        strength = self.cfg.train.foreground_weight
+        if not strength:
+            return None
+        if "foreground" not in batch:
+            raise ConfigError("train.foreground_weight needs object masks: use shapes-world data (data.*.type: shapes)")
+        from vidiff.models.autoencoder import spatial_factor_of
+
+        return foreground_weight(batch["foreground"], spatial_factor_of(self.vae), strength).to(self.device)
 
     def _text_kwargs(self, batch: dict[str, Any], drop_text: torch.Tensor) -> dict[str, Any]:
         """``tokens`` for a trainable text encoder, else a ready ``context``; dropped captions become uncond_text."""
@@ -128,7 +171,59 @@ class TextToVideoTask:
         drop_text, _ = dropout_masks(draws.uniform, self.cfg.train.cond_dropout)
         kwargs = self._text_kwargs(batch, drop_text)
         kwargs["fps"] = self._conditioning(batch[self.cfg.model.conditioning])
-        return diffusion_loss(model, self.schedule, latents, draws, **kwargs)
+        return diffusion_loss(model, self.schedule, latents, draws, self._weight(batch), **kwargs)
+
+    # ------------------------------------------------------------------ conditioning probe
+    def binding_batch(self, num_samples: int, seed: int):
+        """The probe's fixed held-out clips: single objects in canonical captions from the training world (shapes
+        data), else the first training items (attribute-free checks only)."""
+        from vidiff.data.shapes import ShapesImageDataset, ShapesVideoDataset, parse_caption
+        from vidiff.models.autoencoder import encode_video
+        from vidiff.training.binding import BindingBatch
+        from vidiff.training.data import TrainingSample, _build_one, _shapes_config
+
+        image_task = self.kind == "t2i"
+        spec = dict(self.cfg.data.images if image_task else self.cfg.data.videos)
+        if spec.get("type") == "shapes":
+            spec.pop("type")
+            spec.pop("length", None)
+            spec.pop("fps", None)
+            spec.update(second_object_prob=0.0, seed=seed, split="train")
+            spec["image_phrasings" if image_task else "phrasings"] = ["image_canonical" if image_task else "canonical"]
+            world = _shapes_config(spec, "binding (from the training data)")
+            source = (ShapesImageDataset if image_task else ShapesVideoDataset)(world, length=num_samples,
+                                                                                 ground_truth=False)
+        else:
+            where = "data.images" if image_task else "data.videos"
+            source = _build_one(dict(spec), where, self.cfg.data.seed, "images" if image_task else "videos")
+        data = TrainingSample(source)
+        items = [data[i] for i in range(min(num_samples, len(data)))]
+        video = torch.stack([it["video"] for it in items])
+        captions = [it["caption"] for it in items]
+        attrs = [parse_caption(c) for c in captions] if spec.get("type", "shapes") == "shapes" else None
+        if attrs is not None and any(a is None for a in attrs):
+            attrs = None
+        with torch.no_grad():
+            latents = encode_video(self.vae, video.to(self.device), sample=False).float().cpu()
+        key = self.cfg.model.conditioning
+        cond = torch.tensor([float(it.get(key, 0.0)) for it in items])
+        images = video[:, :, 0] if self.kind == "i2v" else None
+        return BindingBatch(latents, captions, attrs, cond, images)
+
+    def _probe_kwargs(self, captions: list[str], images: torch.Tensor | None, latents: torch.Tensor) -> dict:
+        drop = torch.zeros(len(captions), dtype=torch.bool)
+        return self._text_kwargs({"caption": captions}, drop)
+
+    def binding_loss(self, model: nn.Module, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                     captions: list[str], cond: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """Per-clip denoising MSE (unweighted) under the given conditioning, at fixed noise and timesteps."""
+        latents, noise, t = latents.to(self.device), noise.to(self.device), t.to(self.device)
+        noisy = self.schedule.add_noise(latents, noise, t)
+        target = self.schedule.training_target(latents, noise, t)
+        kwargs = self._probe_kwargs(captions, images, latents)
+        kwargs["fps"] = self._conditioning(cond)
+        pred = model(noisy, t, **kwargs)
+        return (pred.float() - target.float()).square().flatten(1).mean(1)
 
     # ------------------------------------------------------------------ previews and export
     def sampling_defaults(self) -> dict[str, Any]:
@@ -227,6 +322,54 @@ class TextToVideoTask:
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+class TextToImageTask(TextToVideoTask):
+    """The text-to-image base the video papers start from: the same ``UNet3DModel`` with its temporal layers off,
+    trained on single frames (1-frame clips) and image captions. Exported as a model folder that
+    :class:`~vidiff.pipelines.text_to_video.TextToVideoPipeline` samples with ``num_frames=1`` (``vidiff generate``
+    writes a PNG), and that ``model.init_from`` inflates into a video model."""
+
+    kind = "t2i"
+
+    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        uc = self.unet.config
+        temporal = [k for k in ("temporal_conv", "temporal_attention", "addition_attention") if uc.get(k)]
+        if temporal:
+            raise ConfigError(f"task t2i trains an image model: set {', '.join(temporal)} to false in model.unet "
+                              "(model.init_from inflates it into a video model later)")
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        out = super().sampling_defaults()
+        out["num_frames"] = 1
+        out.setdefault("fps", 1)  # the pipeline's fps argument; an image U-Net has no fps embedding
+        return out
+
+    def preview(self, out_dir: Path, tag: str) -> list[Path]:
+        """One PNG per prompt and a contact sheet of all of them."""
+        from vidiff.utils.video import write_contact_sheet, write_png
+
+        d = self.sampling_defaults()
+        modules = [self.unet, self.text_encoder]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            videos, names, rows = self._generate(self._pipeline(), d)
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+        folder = out_dir / tag
+        paths = [write_png(frames, folder / f"{i:02d}_{_slug(name)}.png") for i, (name, frames) in
+                 enumerate(zip(names, videos))]
+        row = np.stack([frames[0] for frames in videos])  # the images side by side, as one row
+        paths.append(write_contact_sheet(row, out_dir / f"{tag}.png", columns=None))
+        return paths
+
+    def _index(self, step: int) -> dict[str, Any]:
+        return {"_class_name": "TextToVideoPipeline", "family": "vidiff_trained_t2i", "modality": "image",
+                "flavour": "dc" if self.schedule.data_scale == "dc" else "vc"}
+
+
 class ImageToVideoTask(TextToVideoTask):
     """DynamiCrafter / VideoCrafter1-i2v training: the conditioning frame goes through the frozen CLIP image encoder
     and the trainable projector into the cross-attention context, and (flavour "dc") its latent is concatenated to the
@@ -255,15 +398,32 @@ class ImageToVideoTask(TextToVideoTask):
         image = video[rows, :, frame] * (~drop_image).float()[:, None, None, None]  # (b, 3, H, W); zeros = dropped
         kwargs = self._text_kwargs(batch, drop_text)
         kwargs["fps"] = self._conditioning(batch[self.cfg.model.conditioning])
+        cond = latents[rows.to(latents.device), :, frame.to(latents.device)]  # (b, c, h, w)
+        kwargs.update(self._image_kwargs(image, cond, t))
+        return diffusion_loss(model, self.schedule, latents, draws, self._weight(batch), **kwargs)
+
+    def _image_kwargs(self, image: torch.Tensor, cond_latent: torch.Tensor, num_frames: int) -> dict[str, Any]:
+        """Image conditioning for the bundle: pixels (trainable encoder) or tokens, and DynamiCrafter's concat."""
+        out: dict[str, Any] = {}
         if self.image_trainable:
-            kwargs["clip_images"] = image.to(self.device)
+            out["clip_images"] = image.to(self.device)
         else:
             with torch.no_grad():
-                kwargs["clip_tokens"] = self.image_encoder(image.to(self.device))
+                out["clip_tokens"] = self.image_encoder(image.to(self.device))
         if self.cfg.model.i2v_flavour == "dc":
-            cond = latents[rows.to(latents.device), :, frame.to(latents.device)]  # (b, c, h, w)
-            kwargs["c_concat"] = cond.unsqueeze(2).expand(-1, -1, t, -1, -1)
-        return diffusion_loss(model, self.schedule, latents, draws, **kwargs)
+            out["c_concat"] = cond_latent.unsqueeze(2).expand(-1, -1, num_frames, -1, -1)
+        return out
+
+    def _probe_kwargs(self, captions: list[str], images: torch.Tensor | None, latents: torch.Tensor) -> dict:
+        """The true/swapped captions with the probe's conditioning images (the first frames); the concatenated latent
+        is the image's own (posterior mean), so a swapped image swaps both streams."""
+        from vidiff.models.autoencoder import encode_video
+
+        kwargs = super()._probe_kwargs(captions, images, latents)
+        with torch.no_grad():
+            cond = encode_video(self.vae, images[:, :, None].to(self.device), sample=False)[:, :, 0].float()
+        kwargs.update(self._image_kwargs(images, cond, latents.shape[2]))
+        return kwargs
 
     def _pipeline(self):
         from vidiff.pipelines.image_to_video import ImageToVideoPipeline
@@ -439,5 +599,5 @@ class AutoencoderTask:
 
 
 def make_task(cfg: RunConfig, device: torch.device) -> TextToVideoTask | ImageToVideoTask | AutoencoderTask:
-    tasks = {"t2v": TextToVideoTask, "i2v": ImageToVideoTask, "autoencoder": AutoencoderTask}
+    tasks = {"t2i": TextToImageTask, "t2v": TextToVideoTask, "i2v": ImageToVideoTask, "autoencoder": AutoencoderTask}
     return tasks[cfg.task](cfg, device)

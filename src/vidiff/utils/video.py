@@ -239,6 +239,19 @@ def write_gif(frames: FramesLike, path: str | os.PathLike, fps: float) -> Path:
     return atomic_write_with(path, write)
 
 
+def write_png(frames: FramesLike, path: str | os.PathLike) -> Path:
+    """Write the single frame of uint8 ``(1, h, w, 3)`` frames (a text-to-image result) as a PNG."""
+    from PIL import Image
+
+    arr = _as_frames(frames)
+    path = Path(path)
+    _check_suffix(path, (".png",), "write_png")
+    if arr.shape[0] != 1:
+        raise ValueError(f"a PNG holds one image, got {arr.shape[0]} frames (write an .mp4 instead)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_with(path, lambda tmp: Image.fromarray(arr[0]).save(tmp, format="PNG"))
+
+
 def _subsample(arr: np.ndarray, columns: int | None) -> np.ndarray:
     t = arr.shape[0]
     if columns is None or columns >= t:

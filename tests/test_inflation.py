@@ -1,0 +1,123 @@
+"""Inflating a trained image U-Net into a video U-Net (and a T2V U-Net into an I2V one) through model.init_from."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_training import run_config, tiny_config
+
+from vidiff.models.inflation import inflate_from, init_identity_layers
+from vidiff.models.unet3d import UNet3DModel
+
+IMAGE_UNET = dict(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                  attention_resolutions=(1, 2), num_head_channels=16, context_dim=32, temporal_conv=False,
+                  temporal_attention=False, addition_attention=False, fps_condition=False)
+VIDEO_UNET = {**IMAGE_UNET, "temporal_conv": True, "temporal_attention": True, "addition_attention": True,
+              "init_attention_heads": 2, "use_relative_position": True, "temporal_length": 8, "fps_condition": True}
+
+
+def _randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model.eval()
+
+
+def test_inflated_video_unet_reproduces_the_image_unet_frame_by_frame():
+    image = _randomised(UNet3DModel(**IMAGE_UNET))
+    video = _randomised(UNet3DModel(**VIDEO_UNET), seed=1)  # random everywhere, so only inflation can make it equal
+    report = inflate_from(video, image)
+    assert not report.dropped and not report.reshaped
+    assert any("temporal_conv" in n for n in report.new) and any("fps_embedding" in n for n in report.new)
+    assert any("init_attn" in n for n in report.new)
+    x, ctx = torch.randn(2, 4, 8, 16, 16), torch.randn(2, 7, 32)
+    t = torch.tensor([10, 700])
+    with torch.no_grad():
+        out = video(x, t, ctx, fps=8)
+        frames = image(x, t, ctx)  # an image U-Net folds the frames into the batch: each frame on its own
+        one_by_one = torch.stack([image(x[:, :, i:i + 1], t, ctx)[:, :, 0] for i in range(8)], dim=2)
+    assert (out - frames).abs().max().item() < 1e-6
+    assert (out - one_by_one).abs().max().item() < 1e-5 * out.abs().max().item()
+    # and it is a video model: after a temporal layer moves, frames interact
+    with torch.no_grad():
+        video.input_blocks[1][0].temporal_conv.conv4[-1].weight.normal_()
+        assert (video(x, t, ctx, fps=8) - frames).abs().max().item() > 1e-3
+
+
+def test_new_input_channels_start_at_zero_and_image_stream_adds_nothing():
+    t2v = _randomised(UNet3DModel(**VIDEO_UNET))
+    i2v_cfg = {**VIDEO_UNET, "in_channels": 8, "image_cross_attention": True, "image_cross_attention_scale_learnable": True,
+               "text_context_len": 7, "image_tokens_per_frame": 4}
+    i2v = _randomised(UNet3DModel(**i2v_cfg), seed=3)
+    report = inflate_from(i2v, t2v)
+    assert report.reshaped == ["input_blocks.0.0.weight: (32, 4, 3, 3) -> (32, 8, 3, 3)"]
+    assert any(".to_k_ip." in n for n in report.new)
+    assert i2v.input_blocks[0][0].weight[:, 4:].abs().max() == 0
+    x, ctx = torch.randn(1, 4, 8, 16, 16), torch.randn(1, 7, 32)
+    image_latent, image_tokens = torch.randn(1, 4, 8, 16, 16), torch.randn(1, 4, 32)
+    with torch.no_grad():
+        ref = t2v(x, 50, ctx, fps=4)
+        out = i2v(torch.cat([x, image_latent], 1), 50, torch.cat([ctx, image_tokens], 1), fps=4)
+    assert (out - ref).abs().max().item() < 1e-6
+
+
+def test_inflation_refuses_shrinking_shapes_with_the_tensor_named():
+    small = UNet3DModel(**{**IMAGE_UNET, "model_channels": 32})
+    other = UNet3DModel(**{**IMAGE_UNET, "context_dim": 16})
+    with pytest.raises(ValueError, match=r"attn2\.to_k\.weight"):
+        inflate_from(other, small)
+
+
+def test_identity_layers_cover_every_temporal_layer():
+    video = _randomised(UNet3DModel(**VIDEO_UNET))
+    names = init_identity_layers(video)
+    n_temporal = sum(1 for n, _ in video.named_modules() if n.endswith("temporal_conv") or n.endswith(".1")
+                     and type(_).__name__ == "TemporalTransformer")
+    assert len(names) >= n_temporal > 0
+    x, ctx = torch.randn(1, 4, 8, 16, 16), torch.randn(1, 7, 32)
+    with torch.no_grad():
+        a = video(x, 5, ctx, fps=4)
+        b = video(x, 5, ctx, fps=30)  # the fps embedding adds nothing yet
+    assert torch.equal(a, b)
+
+
+def _t2i_config(out) -> dict:
+    cfg = tiny_config(out, task="t2i", train={"max_steps": 2, "ema": False}, export={"at_end": True},
+                      binding={"every": 1, "num_samples": 3, "timesteps": [500]})
+    cfg["model"]["unet"]["config"].update(temporal_conv=False, fps_condition=False, temporal_attention=False,
+                                          addition_attention=False)
+    cfg["model"]["defaults"] = {"height": 32, "width": 32}
+    cfg["data"] = {"images": {"type": "shapes", "height": 32, "width": 32, "length": 16, "seed": 5}, "batch_size": 4}
+    return cfg
+
+
+def test_t2i_task_trains_logs_binding_and_exports_an_image_model(tmp_path):
+    from vidiff.pipelines.text_to_video import TextToVideoPipeline
+
+    result = run_config(_t2i_config(tmp_path / "t2i"))
+    index = json.loads((result.model_dir / "model_index.json").read_text())
+    assert index["family"] == "vidiff_trained_t2i" and index["defaults"]["num_frames"] == 1
+    rows = (result.output_dir / "binding.csv").read_text().splitlines()
+    assert rows[0].startswith("step,attribute,gap_percent,accuracy")
+    assert {r.split(",")[1] for r in rows[1:]} >= {"colour", "shape", "size", "background", "caption", "empty"}
+    assert (result.output_dir / "binding.png").is_file()
+    out = TextToVideoPipeline.from_pretrained(result.model_dir)("a red circle", num_inference_steps=2, seed=0,
+                                                                 progress=False, output_type="np")
+    assert out.frames.shape == (1, 1, 32, 32, 3)
+
+
+def test_init_from_an_image_model_folder_inflates_and_reports(tmp_path):
+    first = run_config(_t2i_config(tmp_path / "t2i"))
+    unet = {k: v for k, v in json.loads((first.model_dir / "unet" / "config.json").read_text()).items()
+            if not k.startswith("_")}
+    unet.update(temporal_conv=True, temporal_attention=True, addition_attention=True, fps_condition=True)
+    stage = tiny_config(tmp_path / "t2v", train={"max_steps": 1, "ema": False})
+    stage["model"] = {"init_from": str(first.model_dir), "text_encoder": {"trainable": True},
+                      "unet": {"config": unet}, "defaults": {"num_frames": 4}}
+    second = run_config(stage)
+    report = json.loads((second.output_dir / "init_report.json").read_text())
+    assert report["unet"]["loaded"] > 0 and any("temporal_conv" in n for n in report["unet"]["new"])
+    assert not report["unet"]["dropped"] and not report["unet"]["reshaped"]
