@@ -198,16 +198,20 @@ class TextToVideoTask:
             source = _build_one(dict(spec), where, self.cfg.data.seed, "images" if image_task else "videos")
         data = TrainingSample(source)
         items = [data[i] for i in range(min(num_samples, len(data)))]
-        video = torch.stack([it["video"] for it in items])
         captions = [it["caption"] for it in items]
-        attrs = [parse_caption(c) for c in captions] if spec.get("type", "shapes") == "shapes" else None
-        if attrs is not None and any(a is None for a in attrs):
+        attrs = [parse_caption(c) for c in captions]
+        if any(a is None for a in attrs):
             attrs = None
-        with torch.no_grad():
-            latents = encode_video(self.vae, video.to(self.device), sample=False).float().cpu()
+        if "video" in items[0]:
+            video = torch.stack([it["video"] for it in items])
+            with torch.no_grad():
+                latents = encode_video(self.vae, video.to(self.device), sample=False).float().cpu()
+        else:  # a latent cache: the stored latents are the probe's clean latents
+            video = None
+            latents = torch.stack([it["latents"] for it in items]).float()
         key = self.cfg.model.conditioning
         cond = torch.tensor([float(it.get(key, 0.0)) for it in items])
-        images = video[:, :, 0] if self.kind == "i2v" else None
+        images = video[:, :, 0] if self.kind == "i2v" and video is not None else None
         return BindingBatch(latents, captions, attrs, cond, images)
 
     def _probe_kwargs(self, captions: list[str], images: torch.Tensor | None, latents: torch.Tensor) -> dict:
