@@ -121,3 +121,21 @@ def test_init_from_an_image_model_folder_inflates_and_reports(tmp_path):
     report = json.loads((second.output_dir / "init_report.json").read_text())
     assert report["unet"]["loaded"] > 0 and any("temporal_conv" in n for n in report["unet"]["new"])
     assert not report["unet"]["dropped"] and not report["unet"]["reshaped"]
+
+
+def test_eval_of_an_image_model_probes_every_colour_and_shape(tmp_path, capsys):
+    from vidiff.cli import main as cli_main
+
+    model = run_config(_t2i_config(tmp_path / "t2i")).model_dir
+    out = tmp_path / "eval"
+    assert cli_main(["eval", "--model", str(model), "-o", str(out), "--steps", "2", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_images"] == 24 and len(report["results"]) == 24  # 8 colours x 3 shapes, one seed each
+    assert set(report["accuracy"]) >= {"colour", "shape"}
+    assert sum(sum(row.values()) for row in report["colour_confusion"].values()) == 24
+    assert (out / "images.png").is_file()
+    assert "colour" in capsys.readouterr().out
+    assert cli_main(["eval", "--model", str(model), "-o", str(out), "--steps", "2", "--quiet"]) == 2  # no overwrite
+    assert cli_main(["eval", "--model", str(model), "-o", str(tmp_path / "e2"), "--suite", "seen"]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--suite" in err and "Traceback" not in err

@@ -144,6 +144,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from .eval.image_eval import evaluate_image_model, format_image_report, is_image_model
+
+    if args.model is not None and is_image_model(args.model):
+        if args.prompts is not None or args.suite is not None:
+            raise ValueError("a text-to-image model is evaluated on the canonical image prompts (every colour x "
+                             "shape); --prompts and --suite apply to video models")
+        start = time.time()
+        result = evaluate_image_model(args.model, args.output, per_prompt=args.per_triple or 1, seed=args.seed,
+                                      steps=args.steps, guidance=args.guidance, batch_size=max(args.batch_size, 8),
+                                      device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+        print(format_image_report(result["report"]))
+        print(f"evaluated {result['report']['num_images']} images in {time.time() - start:.1f} s")
+        for name, path in result["paths"].items():
+            print(f"wrote {name}: {path}")
+        return 0
     world = read_world_file(args.world) if args.world else None
     metrics = MetricSettings(
         fvd_shapes=args.fvd_shapes or args.shapes_classifier is not None,
