@@ -40,7 +40,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate a video (or, with a text-to-image model and -o x.png, an image) "
                                         "from a text prompt")
     p.add_argument("prompt", help="text prompt")
-    p.add_argument("--model", help="vidiff model folder (default: the embedded shapes-world model)")
+    p.add_argument("--model", help="vidiff model folder (default: the embedded shapes-world text-to-video model, or "
+                                   "the text-to-image one for -o *.png)")
     add_sampling_args(p, "outputs/video.mp4")
     p.add_argument("--fps", type=int, help="fps conditioning and playback rate (default: the model's)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
@@ -86,7 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
-    model = resolve_model(args.model, "t2v")
+    model = resolve_model(args.model, "t2i" if args.output.endswith(".png") else "t2v")
     check_runtime_args(args)
     start = time.time()
     pipe = TextToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device)

@@ -105,7 +105,8 @@ EMBEDDED_MODELS = Path(__file__).resolve().parent / "assets" / "models"
 
 
 def resolve_model(model: str | None, kind: str) -> str:
-    """The --model folder, or the embedded shapes-world default of this kind ("t2v" or "i2v") when none is given."""
+    """The --model folder, or the embedded shapes-world default of this kind ("t2i", "t2v" or "i2v") when none is
+    given."""
     if model is not None:
         return model
     default = EMBEDDED_MODELS / f"shapes_{kind}"
