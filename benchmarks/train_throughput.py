@@ -8,6 +8,11 @@ random one of the shipped shapes VAE layout (speed does not depend on the weight
     python benchmarks/train_throughput.py                                 # configs/shapes_t2v_tiny.yaml
     python benchmarks/train_throughput.py --steps 20 --threads 2 --json out.json
     python benchmarks/train_throughput.py --config my.yaml data.batch_size=4
+    python benchmarks/train_throughput.py --config configs/shapes_t2v.yaml --baseline OLD.yaml   # prints the ratio
+
+With ``--baseline`` both configs are timed in the same process, one after the other, and the speed-up is printed as the ratio
+of their clips/s (and frames/s). Configs with ``train.cache_latents`` are timed in the steady state (every clip's
+latents already cached), as the trainer runs from the second epoch on.
 
 FLOPs are counted once, for a whole step, with torch's FlopCounterMode (matrix products, convolutions and attention;
 element-wise ops and norms are not counted), and divided by the median step time. The peak is a large fp32 matmul
@@ -55,9 +60,28 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
     parser.add_argument("--peak-seconds", type=float, default=2.0)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--baseline", help="a second config timed the same way; the ratio of throughputs is printed")
     args = parser.parse_args()
 
-    cfg = load_config(args.config, args.overrides)
+    results = [measure(args.config, args.overrides, args)]
+    if args.baseline:
+        results.append(measure(args.baseline, [], args))
+    for result in results:
+        report(result)
+    if args.baseline:
+        new, old = results
+        print(f"speed-up over the baseline: {new['samples_per_s'] / old['samples_per_s']:.2f}x clips/s, "
+              f"{new['frames_per_s'] / old['frames_per_s']:.2f}x frames/s "
+              f"({old['step_seconds_median']:.2f} -> {new['step_seconds_median']:.2f} s/step)")
+    if args.json:
+        atomic_write_json(args.json, results[0] if len(results) == 1 else {"config": results[0],
+                                                                            "baseline": results[1]})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def measure(config: str, overrides: list[str], args: argparse.Namespace) -> dict:
+    cfg = load_config(config, overrides)
     vae = cfg.model.vae
     if vae.pretrained is not None and not Path(vae.pretrained).is_dir():
         print(f"note: {vae.pretrained} not found; using a random autoencoder of the shipped shapes layout")
@@ -73,15 +97,22 @@ def main() -> int:
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
     ema = make_ema(params, cfg.train.ema_decay) if cfg.train.ema else None
     data = cfg.data
-    data.images, data.image_batches_per_video_batch = None, 0.0  # time video batches (the expensive kind)
-    dataset, n_videos, n_images = build_datasets(data)
+    if cfg.task == "t2i":
+        dataset, n_videos, n_images = build_datasets(data, images_only=True)
+    else:
+        data.images, data.image_batches_per_video_batch = None, 0.0  # time video batches (the expensive kind)
+        dataset, n_videos, n_images = build_datasets(data, masks=cfg.train.foreground_weight > 0)
     stream = BatchStream(dataset, build_batch_sampler(data, n_videos, n_images, 1, 0), seed=data.seed)
     batches = [stream.next() for _ in range(args.warmup + args.steps)]
     batch_size = len(batches[0]["caption"])
 
+    def denoiser(*a, **kw):  # the trainer's autocast covers the denoiser's forward only (as accelerate's does)
+        with torch.autocast("cpu", torch.bfloat16, enabled=cfg.train.mixed_precision == "bf16"):
+            return task.module(*a, **kw)
+
     def step(i: int) -> None:
         gens = sample_generators(cfg.seed, i, 0, list(range(batch_size)))
-        loss, _ = task.loss(task.module, batches[i], gens)
+        loss, _ = task.loss(denoiser, batches[i], gens)
         loss.backward()
         if cfg.train.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
@@ -91,6 +122,11 @@ def main() -> int:
             ema.step(params)
 
     peak = measure_matmul_peak(torch.float32, seconds=args.peak_seconds)
+    if cfg.train.cache_latents:  # steady state: every clip's posterior already in memory
+        with torch.no_grad():
+            for batch in batches:
+                gens = sample_generators(cfg.seed, 0, 0, list(range(batch_size)))
+                task._latents(batch, gens)
     flops, _ = count_flops(step, 0)
     for i in range(1, args.warmup):
         step(i)
@@ -102,9 +138,10 @@ def main() -> int:
     median = statistics.median(times)
     achieved = flops.total / median
     frames = batches[0]["video"].shape[2]
-    result = {
-        "config": args.config,
-        "overrides": args.overrides,
+    return {
+        "config": config,
+        "overrides": overrides,
+        "mixed_precision": cfg.train.mixed_precision,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "threads": threads,
@@ -121,6 +158,13 @@ def main() -> int:
         "fraction_of_peak": achieved / peak,
         "gflop_by_op": {k: v / 1e9 for k, v in sorted(flops.by_op.items(), key=lambda kv: -kv[1])},
     }
+
+
+def report(result: dict) -> None:
+    threads, batch_size, frames, median = (result["threads"], result["batch_size"], result["frames"],
+                                           result["step_seconds_median"])
+    times = result["step_seconds"]
+    print(f"== {result['config']} ({result['mixed_precision']})")
     print(f"torch {torch.__version__}, {threads} thread(s); batch {batch_size} clips x {frames} frames; "
           f"{result['trainable_parameters'] / 1e6:.2f} M trainable parameters")
     print(f"step: {median:.3f} s median of {len(times)} (min {min(times):.3f})")
@@ -128,10 +172,6 @@ def main() -> int:
     print(f"FLOPs per step: {result['gflop_per_step']:.2f} GFLOP (forward + backward, counted ops only)")
     print(f"achieved: {result['achieved_gflop_s']:.1f} GFLOP/s; fp32 matmul peak {result['matmul_peak_gflop_s']:.1f} "
           f"GFLOP/s; ratio {100 * result['fraction_of_peak']:.1f} %")
-    if args.json:
-        atomic_write_json(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
 
 
 if __name__ == "__main__":
