@@ -69,3 +69,19 @@ def test_csv_and_plot_keep_one_history(tmp_path):
                                                           ("20", "shape")]
     path = plot_binding(tmp_path, "test")
     assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_a_word_read_only_at_low_noise_is_not_drowned_by_the_large_high_noise_loss():
+    """The shape word matters only at t=300, where the loss is small (0.03 vs 0.06 when wrong); at t=900 the loss is
+    0.5 whatever the caption. Averaging losses before the ratio would report a 5 % gap; per timestep it is 50 %."""
+    truth = [parse_caption(c).primary.shape for c in CAPTIONS]
+
+    def shape_at_low_noise(latents, noise, t, captions, fps, images):
+        rows = latents[:, 0, 0, 0, 0].long().tolist()
+        named = [parse_caption(c).primary.shape if parse_caption(c) else None for c in captions]
+        low = torch.tensor([0.03 if named[k] == truth[r] else 0.06 for k, r in enumerate(rows)])
+        return torch.where(t < 500, low, torch.full_like(low, 0.5))
+
+    result = BindingProbe(_batch(), timesteps=[300, 900], attributes=["shape", "colour"]).run(shape_at_low_noise, 1)
+    assert 49 < result.gap["shape"] < 51 and result.accuracy["shape"] == 1.0
+    assert abs(result.gap["colour"]) < 1e-6 and "shape" not in result.ignored()

@@ -8,10 +8,13 @@ On a fixed held-out batch (fixed clips, noise and timesteps) it computes the den
 conditioning and under conditionings that differ in one attribute (one caption word swapped: colour, shape, motion,
 size, background; for image-to-video the conditioning image swapped with another clip's). Per attribute:
 
-* ``gap`` = mean over clips of (mean loss of the swapped versions / loss of the true version − 1), in percent:
-  how much worse the model denoises when told one wrong word. 0 % means the word is ignored.
+* ``gap`` = mean over clips and timesteps of (mean loss of the swapped versions / loss of the true version − 1), in
+  percent: how much worse the model denoises when told one wrong word. 0 % means the word is ignored. Each timestep
+  counts equally: the loss at high noise is ten times that at mid noise, and averaging losses before the ratio would
+  hide the mid-noise steps where an object's shape is decided.
 * ``accuracy``: the fraction of clips whose true value gives the lowest loss among all values of the attribute
-  (implicit classification, as in "your diffusion model is secretly a zero-shot classifier"). Chance is 1/#values.
+  (implicit classification, as in "your diffusion model is secretly a zero-shot classifier"), voting with each
+  timestep's losses relative to their mean over the values. Chance is 1/#values.
 
 Captions are the world's canonical phrasing, so a swap changes exactly one word. Clips without a parseable closed
 vocabulary (CSV datasets) get the two attribute-free checks only: ``caption`` (another clip's caption) and ``empty``.
@@ -114,19 +117,18 @@ class BindingProbe:
         self.attributes = wanted
 
     def _losses(self, loss_fn: LossFn, captions: list[str], images: torch.Tensor | None, rows: list[int]) -> torch.Tensor:
-        """Loss of each listed row (summed over the fixed timesteps) under the given captions/images."""
+        """Loss of each listed row at each fixed timestep, (rows, timesteps), under the given captions/images."""
         b = self.batch
-        out = torch.zeros(len(rows))
+        out = torch.zeros(len(rows), len(self.timesteps))
         for start in range(0, len(rows), self.chunk):
             sel = rows[start:start + self.chunk]
             idx = torch.tensor(sel)
             caps = captions[start:start + self.chunk]
             imgs = images[start:start + self.chunk] if images is not None else None
-            total = torch.zeros(len(sel))
-            for t, noise in zip(self.timesteps, self.noise):
+            for k, (t, noise) in enumerate(zip(self.timesteps, self.noise)):
                 ts = torch.full((len(sel),), t, dtype=torch.long)
-                total += loss_fn(b.latents[idx], noise[idx], ts, caps, b.fps[idx], imgs).float().cpu()
-            out[start:start + len(sel)] = total / len(self.timesteps)
+                out[start:start + len(sel), k] = loss_fn(b.latents[idx], noise[idx], ts, caps, b.fps[idx],
+                                                         imgs).float().cpu()
         return out
 
     @torch.no_grad()
@@ -149,7 +151,7 @@ class BindingProbe:
                 else:
                     other = self._losses(loss_fn, b.captions, b.images.roll(1, dims=0), rows)
                 gap[name] = float(((other / true) - 1).mean() * 100)
-                acc[name], chance[name] = float((other > true).float().mean()), 0.5
+                acc[name], chance[name] = float(((other / true).mean(1) > 1).float().mean()), 0.5
                 continue
             phrasing = "image_canonical" if b.attributes[0].is_image else "canonical"
             caps, owner, true_pos = [], [], []
@@ -163,7 +165,7 @@ class BindingProbe:
             imgs = b.images[torch.tensor(owner)] if b.images is not None else None
             swapped = self._losses(loss_fn, caps, imgs, owner)
             values = len(_swaps(b.attributes[0], name)[0])
-            table = torch.full((n, values), float("nan"))
+            table = torch.full((n, values, len(self.timesteps)), float("nan"))
             k = 0
             for i, pos in enumerate(true_pos):
                 for j in range(values):
@@ -172,9 +174,11 @@ class BindingProbe:
                     else:
                         table[i, j] = swapped[k]
                         k += 1
-            others = (table.nansum(1) - true) / (values - 1)
+            others = (table.sum(1) - true) / (values - 1)
             gap[name] = float(((others / true) - 1).mean() * 100)
-            acc[name] = float((table.argmin(1) == torch.tensor(true_pos)).float().mean())
+            # each timestep's losses relative to their mean over the values, so no timestep dominates the vote
+            score = (table / table.mean(1, keepdim=True)).sum(2)
+            acc[name] = float((score.argmin(1) == torch.tensor(true_pos)).float().mean())
             chance[name] = 1.0 / values
         return BindingResult(step, gap, acc, chance, float(true.mean()))
 
