@@ -264,6 +264,19 @@ class TextToVideoTask:
         return out.frames, list(s.prompts), list(out.frames)
 
     @torch.no_grad()
+    def _generate_in_eval_mode(self, d: dict[str, Any]) -> tuple[list, list[str], list]:
+        """``_generate`` with every trainable module in eval mode, their training modes restored afterwards."""
+        modules = [getattr(self, name, None) for name in ("unet", "text_encoder", "image_encoder", "image_projector")]
+        modules = [m for m in modules if m is not None]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            return self._generate(self._pipeline(), d)
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+
     def preview(self, out_dir: Path, tag: str) -> list[Path]:
         """Sample with the current (EMA-swapped) weights: one mp4 per video and one PNG contact sheet."""
         from vidiff.utils.video import save_video_outputs, write_contact_sheet
@@ -271,15 +284,7 @@ class TextToVideoTask:
         d = self.sampling_defaults()
         if d.get("height") is None or d.get("width") is None:
             raise ConfigError("set sample.height/width (or model.defaults) so previews know the video size")
-        modules = [m for m in (self.unet, self.text_encoder, self.image_encoder, self.image_projector) if m is not None]
-        modes = [m.training for m in modules]
-        for m in modules:
-            m.eval()
-        try:
-            videos, names, rows = self._generate(self._pipeline(), d)
-        finally:
-            for m, mode in zip(modules, modes):
-                m.train(mode)
+        videos, names, rows = self._generate_in_eval_mode(d)
         folder = out_dir / tag
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -352,16 +357,7 @@ class TextToImageTask(TextToVideoTask):
         """One PNG per prompt and a contact sheet of all of them."""
         from vidiff.utils.video import write_contact_sheet, write_png
 
-        d = self.sampling_defaults()
-        modules = [self.unet, self.text_encoder]
-        modes = [m.training for m in modules]
-        for m in modules:
-            m.eval()
-        try:
-            videos, names, rows = self._generate(self._pipeline(), d)
-        finally:
-            for m, mode in zip(modules, modes):
-                m.train(mode)
+        videos, names, rows = self._generate_in_eval_mode(self.sampling_defaults())
         folder = out_dir / tag
         paths = [write_png(frames, folder / f"{i:02d}_{_slug(name)}.png") for i, (name, frames) in
                  enumerate(zip(names, videos))]
