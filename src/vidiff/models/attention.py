@@ -216,7 +216,7 @@ class SpatialTransformer(nn.Module):
             x = block(x, context)
         if self.use_linear:
             x = self.proj_out(x)
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous()  # same layout as the input: see tests/test_inflation.py
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in
@@ -276,4 +276,6 @@ class TemporalTransformer(nn.Module):
         x = rearrange(x, "n t c -> n c t")
         if not self.use_linear:
             x = self.proj_out(x)
-        return rearrange(x, "(b h w) c t -> b c t h w", b=b, h=h, w=w) + x_in
+        # x_in first: the sum takes the input's memory layout, so an identity-initialised layer changes nothing
+        # downstream (the next convolution sees the strides it saw without this layer: tests/test_inflation.py)
+        return x_in + rearrange(x, "(b h w) c t -> b c t h w", b=b, h=h, w=w)
