@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPT ?= a blue square moving up
 IMAGE ?= src/vidiff/assets/examples/red_circle.png
 MOTION ?= a red circle moving right
+STILL ?= a large yellow triangle
 DEMO := outputs/demo
 
 .PHONY: install demo test lint bench
@@ -17,11 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job: a video from a prompt with the embedded shapes-world text-to-video model, then an animation of an image
-# with the embedded image-to-video model (src/vidiff/assets/models/shapes_t2v, shapes_i2v).
+# The main job: a video from a prompt with the embedded shapes-world text-to-video model, an animation of an image with
+# the embedded image-to-video model, and an image from the text-to-image base they start from
+# (src/vidiff/assets/models/shapes_t2v, shapes_i2v, shapes_t2i). Each prints what the probes read from its output.
 demo: $(STAMP)
-	$(BIN)/vidiff generate "$(PROMPT)" -o $(DEMO)/video.mp4 --gif --sheet
-	$(BIN)/vidiff animate "$(IMAGE)" "$(MOTION)" -o $(DEMO)/animation.mp4 --gif --sheet
+	$(BIN)/vidiff generate "$(PROMPT)" -o $(DEMO)/video.mp4 --gif --sheet --threads 1
+	$(BIN)/vidiff animate "$(IMAGE)" "$(MOTION)" -o $(DEMO)/animation.mp4 --gif --sheet --threads 1
+	$(BIN)/vidiff generate "$(STILL)" -o $(DEMO)/image.png --threads 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

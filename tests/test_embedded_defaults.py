@@ -20,19 +20,22 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "vidiff" / "assets" / "
 WORLD = ShapesWorldConfig(height=64, width=64, num_frames=16)
 
 
-@pytest.mark.parametrize("kind", ["t2v", "i2v"])
+@pytest.mark.parametrize("kind", ["t2i", "t2v", "i2v"])
 def test_shipped_folder_is_complete_and_small(kind):
     folder = EMBEDDED_MODELS / f"shapes_{kind}"
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == ("TextToVideoPipeline" if kind == "t2v" else "ImageToVideoPipeline")
+    assert index["_class_name"] == ("ImageToVideoPipeline" if kind == "i2v" else "TextToVideoPipeline")
     assert index["vocabulary"] == sorted(vocabulary())
-    assert index["defaults"]["num_frames"] == 16 and index["defaults"]["height"] == 64
+    assert index["defaults"]["num_frames"] == (1 if kind == "t2i" else 16) and index["defaults"]["height"] == 64
     for component in index["components"]:
         assert (folder / component).is_dir(), component
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert size < 40e6, f"{folder} is {size / 1e6:.1f} MB"
     card = (folder / "MODEL_CARD.md").read_text()
-    for must in ("configs/shapes_vae.yaml", f"configs/shapes_{kind}.yaml", "seen", "held-out", "wall time"):
+    musts = ("configs/shapes_vae.yaml", f"configs/shapes_{kind}.yaml", "wall time", "binding")
+    if kind != "t2i":
+        musts += ("seen", "held-out")
+    for must in musts:
         assert must in card, must
 
 
@@ -58,3 +61,25 @@ def test_animate_without_model_keeps_the_first_frame(tmp_path):
     assert result.scores["first_frame"].detected["psnr"] > 24.0, result.scores["first_frame"].reason
     assert result.scores["identity"].passed and result.scores["colour"].passed
     assert (tmp_path / "anim_sheet.png").is_file()
+
+
+def test_generate_png_uses_the_image_default_and_says_what_the_probe_saw(tmp_path, capsys):
+    out = tmp_path / "red.png"
+    assert cli_main(["generate", "a large red circle", "--threads", "1", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape == (64, 64, 3)
+    result = probe_video(image[None], "a large red circle", WORLD)
+    assert result.scores["colour"].passed, result.scores["colour"].reason
+    assert "probe: red circle" in printed
+
+
+def test_demo_prompt_prints_the_probe_verdict(tmp_path, capsys):
+    out = tmp_path / "demo.mp4"
+    assert cli_main(["generate", "a blue square moving up", "--threads", "1", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    line = next(s for s in printed.splitlines() if s.startswith("probe: "))
+    assert line.startswith("probe: blue square, moving up ")
+    frames, _ = read_video(out)
+    result = probe_video(frames, "a blue square moving up", WORLD, stride=4)
+    assert ("\u2713" in line) == result.passed  # the verdict is the probes' own
