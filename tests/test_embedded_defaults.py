@@ -80,6 +80,7 @@ def test_demo_prompt_prints_the_probe_verdict(tmp_path, capsys):
     printed = capsys.readouterr().out
     line = next(s for s in printed.splitlines() if s.startswith("probe: "))
     assert line.startswith("probe: blue square, moving up ")
+    assert not any(c in line for c in "{}[]'"), line  # readable values, not Python reprs
     frames, _ = read_video(out)
     result = probe_video(frames, "a blue square moving up", WORLD, stride=4)
     assert ("\u2713" in line) == result.passed  # the verdict is the probes' own

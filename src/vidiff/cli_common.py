@@ -80,9 +80,20 @@ def probe_verdict(video_uint8, prompt: str, model: str, fps: float | None, condi
     said = f"{obj.colour} {obj.shape}"
     if obj.motion is not None:
         said += ", standing still" if obj.motion == "still" else f", moving {obj.motion}"
-    failed = [f"{name}: expected {s.expected}, saw {s.detected}" for name, s in result.scores.items()
+    failed = [f"{name}: expected {_short(s.expected)}, saw {_short(s.detected)}" for name, s in result.scores.items()
               if name in CORE_PROBES and not s.passed]
     return f"probe: {said} " + ("\u2713" if not failed else "\u2717 (" + "; ".join(failed) + ")")
+
+
+def _short(value) -> str:
+    """A probe's expected/detected value for one line: floats to 2 decimals, lists and dicts without quotes."""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_short(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_short(v) for v in value)
+    return str(value)
 
 
 def write_outputs(frames, args: argparse.Namespace, fps: float, start: float, verb: str) -> None:
