@@ -59,9 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--height", type=int)
     g.add_argument("--width", type=int)
     g.add_argument("--fps", type=int, help="fixed fps conditioning (default: from the stride, as in training)")
-    g.add_argument("--batch-size", type=int, default=1,
-                   help="prompts per sampling call (default 1: each video is reproducible with `vidiff generate`); "
-                        "with --autoencoder, clips per round-trip call")
+    g.add_argument("--batch-size", type=int,
+                   help="prompts per sampling call (default 1: each video is reproducible with `vidiff generate`; "
+                        "8 for a text-to-image model); with --autoencoder, clips per round-trip call (default 1)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="U-Net/encoder compute dtype (default fp32)")
     g.add_argument("--device", default="cpu", help="device for generation and metric networks")
     g.add_argument("--threads", type=int, help="torch CPU threads")
@@ -152,13 +152,14 @@ def run(args: argparse.Namespace) -> int:
                              "shape); --prompts and --suite apply to video models")
         start = time.time()
         result = evaluate_image_model(args.model, args.output, per_prompt=args.per_triple or 1, seed=args.seed,
-                                      steps=args.steps, guidance=args.guidance, batch_size=max(args.batch_size, 8),
+                                      steps=args.steps, guidance=args.guidance, batch_size=args.batch_size or 8,
                                       device=args.device, overwrite=args.overwrite, progress=not args.quiet)
         print(format_image_report(result["report"]))
         print(f"evaluated {result['report']['num_images']} images in {time.time() - start:.1f} s")
         for name, path in result["paths"].items():
             print(f"wrote {name}: {path}")
         return 0
+    batch_size = args.batch_size or 1
     world = read_world_file(args.world) if args.world else None
     metrics = MetricSettings(
         fvd_shapes=args.fvd_shapes or args.shapes_classifier is not None,
@@ -186,14 +187,14 @@ def run(args: argparse.Namespace) -> int:
 
         result = evaluate_autoencoder(
             args.autoencoder, suite, args.output, stride=args.stride, metrics=metrics, world=world,
-            batch_size=args.batch_size, device=args.device, max_failures=args.max_failures, overwrite=args.overwrite,
+            batch_size=batch_size, device=args.device, max_failures=args.max_failures, overwrite=args.overwrite,
             progress=not args.quiet,
         )
     elif args.model is not None:
         generation = GenerationSettings(
             steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
             image_guidance=args.image_guidance, eta=args.eta, negative_prompt=args.negative_prompt,
-            frames=args.frames, height=args.height, width=args.width, fps=args.fps, batch_size=args.batch_size,
+            frames=args.frames, height=args.height, width=args.width, fps=args.fps, batch_size=batch_size,
             dtype=args.dtype or "fp32", device=args.device,
         )
         result = evaluate_model(
