@@ -266,8 +266,7 @@ class TextToVideoTask:
     @torch.no_grad()
     def _generate_in_eval_mode(self, d: dict[str, Any]) -> tuple[list, list[str], list]:
         """``_generate`` with every trainable module in eval mode, their training modes restored afterwards."""
-        modules = [getattr(self, name, None) for name in ("unet", "text_encoder", "image_encoder", "image_projector")]
-        modules = [m for m in modules if m is not None]
+        modules = [m for m in (self.unet, self.text_encoder, self.image_encoder, self.image_projector) if m is not None]
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()
