@@ -10,7 +10,7 @@ size, background; for image-to-video the conditioning image swapped with another
 
 * ``gap`` = mean over clips and timesteps of (mean loss of the swapped versions / loss of the true version − 1), in
   percent: how much worse the model denoises when told one wrong word. 0 % means the word is ignored. Each timestep
-  counts equally: the loss at high noise is ten times that at mid noise, and averaging losses before the ratio would
+  counts equally: the loss at high noise is several times that at mid noise, and averaging losses before the ratio would
   hide the mid-noise steps where an object's shape is decided.
 * ``accuracy``: the fraction of clips whose true value gives the lowest loss among all values of the attribute
   (implicit classification, as in "your diffusion model is secretly a zero-shot classifier"), voting with each
