@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
+from vidiff.training.config import BINDING_ATTRIBUTES
 from vidiff.utils.io import atomic_write_text
 
 __all__ = ["BINDING_ATTRIBUTES", "BindingBatch", "BindingProbe", "BindingResult", "plot_binding"]
 
-BINDING_ATTRIBUTES = ("colour", "shape", "motion", "size", "background", "image", "caption", "empty")
 CSV_NAME = "binding.csv"
 PLOT_NAME = "binding.png"
 

@@ -22,6 +22,9 @@ from typing import Any, Literal
 
 import yaml
 
+# What the binding probe can swap or drop (vidiff.training.binding); here so that configs validate without torch.
+BINDING_ATTRIBUTES = ("colour", "shape", "motion", "size", "background", "image", "caption", "empty")
+
 __all__ = [
     "CheckpointConfig",
     "ComponentConfig",
@@ -418,7 +421,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings at the top level")
     return config_from_dict(apply_overrides(data, list(overrides or [])))
@@ -489,8 +495,6 @@ def _validate(c: RunConfig) -> None:
         raise ConfigError("train.cond_dropout.image/both need an image-conditioned model (task: i2v)")
     if not t.trainable:
         raise ConfigError("train.trainable is empty: nothing would be trained")
-    from vidiff.training.binding import BINDING_ATTRIBUTES
-
     bad = sorted(set(c.binding.attributes) - set(BINDING_ATTRIBUTES))
     if bad:
         raise ConfigError(f"binding.attributes: unknown {bad}; accepted: {', '.join(BINDING_ATTRIBUTES)}")
