@@ -168,7 +168,7 @@ def test_convert_and_generate_end_to_end(tiny_ckpt, tmp_path):
 
 @pytest.mark.parametrize(
     "extra,match",
-    [(["--steps", "0"], "num_inference_steps"), (["--height", "33"], "height"), (["-o", "x.avi"], ".mp4")],
+    [(["--steps", "0"], "--steps"), (["--height", "33"], "height"), (["-o", "x.avi"], ".mp4")],
 )
 def test_generate_bad_arguments(tiny_ckpt, tmp_path, capsys, extra, match):
     model = tmp_path / "model"

@@ -7,12 +7,17 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
-from . import cli_animate, cli_eval, cli_train
+from . import __version__, cli_animate, cli_eval, cli_train
 from .cli_common import (
     DTYPES,
+    ArgumentParser,
     add_sampling_args,
+    check_model_folder,
     check_runtime_args,
+    describe_error,
+    positive_int,
     probe_verdict,
     resolve_model,
     torch_dtype,
@@ -21,18 +26,18 @@ from .cli_common import (
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from .conversion.lvdm import FAMILIES
+    from .conversion.families import FAMILIES
 
     p = sub.add_parser("convert", help="convert an official VideoCrafter/DynamiCrafter checkpoint into a vidiff model folder")
     p.add_argument("checkpoint", help="official .ckpt/.pt/.pth (Lightning, plain or DeepSpeed layout) or .safetensors")
     p.add_argument("out_dir", help="model folder to create")
     p.add_argument("--family", choices=sorted(FAMILIES), help="released configuration (detected from the keys if omitted)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="store the weights in this dtype (default: as in the checkpoint)")
-    p.add_argument("--num-head-channels", type=int, help="U-Net attention head width (default 64, as every release)")
-    p.add_argument("--text-heads", type=int, help="text encoder head count (default width/64, 16 for OpenCLIP ViT-H)")
-    p.add_argument("--image-heads", type=int, help="image encoder head count (default 16 for OpenCLIP ViT-H/14)")
-    p.add_argument("--projector-heads", type=int, help="Resampler head count (default attention width / 64)")
-    p.add_argument("--projector-dim-head", type=int, help="Resampler head width (default 64)")
+    p.add_argument("--num-head-channels", type=positive_int, help="U-Net attention head width (default 64, as every release)")
+    p.add_argument("--text-heads", type=positive_int, help="text encoder head count (default width/64, 16 for OpenCLIP ViT-H)")
+    p.add_argument("--image-heads", type=positive_int, help="image encoder head count (default 16 for OpenCLIP ViT-H/14)")
+    p.add_argument("--projector-heads", type=positive_int, help="Resampler head count (default attention width / 64)")
+    p.add_argument("--projector-dim-head", type=positive_int, help="Resampler head width (default 64)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
 
@@ -43,12 +48,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="vidiff model folder (default: the embedded shapes-world text-to-video model, or "
                                    "the text-to-image one for -o *.png)")
     add_sampling_args(p, "outputs/video.mp4")
-    p.add_argument("--fps", type=int, help="fps conditioning and playback rate (default: the model's)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--fps", type=positive_int, help="fps conditioning and playback rate (default: the model's)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default ddim)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidiff", description="Video diffusion toolkit")
+    parser = ArgumentParser(prog="vidiff", description="Video diffusion toolkit")
+    parser.add_argument("--version", action="version", version=f"vidiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
     _add_generate(sub)
@@ -59,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    source, target = Path(args.checkpoint), Path(args.out_dir)
+    if not source.is_file():
+        raise ValueError(f"checkpoint not found: {source}" if not source.exists() else f"{source} is not a file")
+    if target.exists() and not args.overwrite:
+        raise ValueError(f"output folder {target} already exists (use --overwrite to replace it)")
     from .conversion.lvdm import HeadCounts, convert_checkpoint
 
     start = time.time()
@@ -83,12 +94,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipelines.text_to_video import TextToVideoPipeline
-
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
     model = resolve_model(args.model, "t2i" if args.output.endswith(".png") else "t2v")
+    check_model_folder(model)
     check_runtime_args(args)
+    from .pipelines.text_to_video import TextToVideoPipeline
+
     start = time.time()
     pipe = TextToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device)
     fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 1)
@@ -124,15 +136,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; the exit code is returned (argument errors and --help included), never raised."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # argparse: --help, --version (0) or a one-line argument error (2)
+        return done.code if isinstance(done.code, int) else 2
     if not os.environ.get("VIDIFF_DEBUG"):
         warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
+    except KeyboardInterrupt:
         if os.environ.get("VIDIFF_DEBUG"):
             raise
-        print(f"vidiff {args.command}: error: {err}", file=sys.stderr)
+        print(f"vidiff {args.command}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:  # FileNotFoundError, PermissionError, PipelineError, ConversionError, ...
+        if os.environ.get("VIDIFF_DEBUG"):
+            raise
+        print(f"vidiff {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
 
 

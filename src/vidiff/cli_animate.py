@@ -10,7 +10,11 @@ import time
 
 from .cli_common import (
     add_sampling_args,
+    check_model_folder,
     check_runtime_args,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
     probe_verdict,
     resolve_model,
     torch_dtype,
@@ -35,21 +39,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     mode.add_argument("--last-image", help="second image: generate a transition from IMAGE to it")
     mode.add_argument("--loop", action="store_true", help="make a seamless loop that returns to IMAGE")
     add_sampling_args(p, "outputs/animation.mp4")
-    p.add_argument("--image-guidance", type=float,
+    p.add_argument("--image-guidance", type=non_negative_float,
                    help="image guidance scale: enables DynamiCrafter's multi-condition guidance (default: off)")
-    p.add_argument("--fps", type=int, help="fps conditioning (frame stride for DynamiCrafter-256); default: the model's")
-    p.add_argument("--playback-fps", type=float,
+    p.add_argument("--fps", type=non_negative_int, help="fps conditioning (frame stride for DynamiCrafter-256); default: the model's")
+    p.add_argument("--playback-fps", type=positive_float,
                    help="frame rate of the written video (default: --fps, or 8 where it is a frame stride)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    model = resolve_model(args.model, "i2v")
+    check_model_folder(model)
+    for path in (args.image, args.last_image):
+        _check_image_path(path)
+    check_runtime_args(args)
     from .pipelines.image_io import open_image
     from .pipelines.image_to_video import ImageToVideoPipeline
 
-    model = resolve_model(args.model, "i2v")
-    check_runtime_args(args)
-    # Read the images before the (slow) model load so that a bad path fails at once.
+    # Read the images before the (slow) model load so that a bad file fails at once.
     image = open_image(args.image)
     last_image = open_image(args.last_image) if args.last_image else None
 
@@ -88,3 +95,15 @@ def run(args: argparse.Namespace) -> int:
         if verdict:
             print(verdict)
     return 0
+
+
+def _check_image_path(path: str | None) -> None:
+    """A missing image or a folder in its place fails before torch is imported."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    if not Path(path).exists():
+        raise ValueError(f"image file not found: {path}")
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")

@@ -1,12 +1,41 @@
-"""Arguments and output handling shared by the generating sub-commands (generate, animate)."""
+"""Arguments and output handling shared by the sub-commands.
+
+Nothing here imports torch at module level: ``vidiff --help`` and every argument error must answer at once, so the
+argument types below check values (ranges, finiteness, paths) before any heavy import runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
+import tempfile
 import time
 from pathlib import Path
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+SEED_RANGE = 2**64  # torch.Generator.manual_seed takes 64-bit seeds
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``vidiff generate: error: argument --seed: ... (see vidiff generate --help)``)
+    instead of the usage block, so a mistake is one line to read; sub-parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for an error: OS errors always name their path (``[Errno 13] Permission denied`` alone does not)."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        where = os.fsdecode(err.filename)
+        if err.filename2 is not None:
+            where += f" -> {os.fsdecode(err.filename2)}"
+        return f"{err.strerror}: {where}"
+    text = str(err).strip() or type(err).__name__
+    return " ".join(text.split())
 
 
 def torch_dtype(name: str | None):
@@ -15,35 +44,168 @@ def torch_dtype(name: str | None):
     return None if name is None else getattr(torch, DTYPES[name])
 
 
+def seed_arg(text: str) -> int:
+    """An integer seed in [0, 2**64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64), got {text!r}") from None
+    if not 0 <= value < SEED_RANGE:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64) (0 to {SEED_RANGE - 1}), got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _finite_float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (guidance scales)."""
+    value = _finite_float(text, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _finite_float(text, "a finite number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (DDIM eta, guidance rescale, strengths)."""
+    value = _finite_float(text, "a number in [0, 1]")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu[:N]`` (whether it exists is checked once torch is loaded)."""
+    if not DEVICE_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N, mps or xpu, got {text!r}")
+    return text
+
+
+def add_runtime_args(p: argparse.ArgumentParser, device_help: str = "device to run on (default cpu)") -> None:
+    p.add_argument("--device", type=device_arg, default="cpu", help=device_help)
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads (default: the cores idle at start, at least 1; on a shared machine threads "
+                        "on a busy core slow every step down)")
+
+
 def add_sampling_args(p: argparse.ArgumentParser, default_output: str) -> None:
     p.add_argument("-o", "--output", default=default_output,
                    help=f"output .mp4 path (.png for a text-to-image model; default {default_output})")
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
-    p.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1] (default: the model's)")
-    p.add_argument("--eta", type=float, help="DDIM eta (default: the model's, 1.0 for the official scripts)")
-    p.add_argument("--frames", type=int, help="number of frames")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="U-Net/encoder compute dtype")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--negative-prompt", default=None, help="prompt to steer away from (default: empty)")
+    p.add_argument("--seed", type=seed_arg, default=123, help="random seed in [0, 2**64) (default 123)")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=non_negative_float,
+                   help="classifier-free guidance scale, >= 0 (default: the model's)")
+    p.add_argument("--guidance-rescale", type=unit_float, help="guidance rescale φ in [0, 1] (default: the model's)")
+    p.add_argument("--eta", type=unit_float,
+                   help="DDIM eta in [0, 1]: 0 deterministic, 1 as the official scripts (default: the model's)")
+    p.add_argument("--frames", type=positive_int, help="number of frames (default: the model's)")
+    p.add_argument("--height", type=positive_int, help="height in pixels (default: the model's)")
+    p.add_argument("--width", type=positive_int, help="width in pixels (default: the model's)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="U-Net/encoder compute dtype (default fp32)")
+    add_runtime_args(p)
     p.add_argument("--gif", action="store_true", help="also write <stem>.gif")
     p.add_argument("--sheet", action="store_true", help="also write a PNG contact sheet <stem>_sheet.png")
 
 
+def check_output_path(path: str, suffixes: tuple[str, ...] = (".mp4", ".png")) -> None:
+    """Fail before any work when OUTPUT cannot be written: wrong extension, a folder, or a read-only place."""
+    if not path.endswith(suffixes):
+        raise ValueError(f"--output must end in {' or '.join(suffixes)}, got {path}")
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--output {path} is an existing folder; give a file name")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:  # the folder that will hold the new ones
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
+    try:  # the only test that holds for root, read-only mounts and pseudo file systems alike
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: files cannot be created in {parent} ({err.strerror or err})") from None
+
+
+def check_model_folder(model: str) -> dict:
+    """The folder's model_index.json, read without torch so a wrong --model fails at once."""
+    import json
+
+    index = Path(model) / "model_index.json"
+    if not Path(model).exists():
+        raise ValueError(f"model folder not found: {model}")
+    if not index.is_file():
+        raise ValueError(f"{model} is not a vidiff model folder (no model_index.json); convert a checkpoint first")
+    try:
+        return json.loads(index.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {index}: {err}") from None
+
+
 def check_runtime_args(args: argparse.Namespace) -> None:
     """Fail on bad arguments before any model is loaded; apply the thread count."""
-    import torch
-
-    if not args.output.endswith((".mp4", ".png")):
-        raise ValueError(f"--output must end in .mp4 (or .png for an image), got {args.output}")
+    check_output_path(args.output)
     if args.dtype == "fp16" and not str(args.device).startswith("cuda"):
         raise ValueError("--dtype fp16 needs a GPU (--device cuda); use bf16 or fp32 on the CPU")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_runtime_args(args)
+
+
+def apply_runtime_args(args: argparse.Namespace) -> None:
+    """Check that --device exists in this torch build and set the CPU thread count (the first torch import)."""
+    import torch
+
+    device = str(args.device)
+    kind = device.split(":")[0]
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+                 "xpu": hasattr(torch, "xpu") and torch.xpu.is_available()}[kind]
+    if not available:
+        build = f"torch {torch.__version__}"
+        raise ValueError(f"--device {device}: this machine or this torch build ({build}) has no {kind} device; "
+                         "use --device cpu")
+    if ":" in device and kind in ("cuda", "xpu"):
+        index, count = int(device.split(":")[1]), getattr(torch, kind).device_count()
+        if index >= count:
+            raise ValueError(f"--device {device}: only {count} {kind} device(s) (0 to {count - 1})")
+    if kind == "cpu" or getattr(args, "threads", None):
+        from .utils.threads import default_threads
+
+        threads = args.threads or default_threads()
+        torch.set_num_threads(threads)
 
 
 def probe_verdict(video_uint8, prompt: str, model: str, fps: float | None, condition_image=None) -> str | None:

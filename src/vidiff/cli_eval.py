@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from .cli_common import DTYPES
+from .cli_common import DTYPES, add_runtime_args, apply_runtime_args, non_negative_float, seed_arg, unit_float
 
 DEFAULT_SUITE = "seen,heldout"
 # Options that only make sense when vidiff generates the videos itself.
@@ -19,6 +20,9 @@ _GENERATION_ONLY = ("steps", "guidance", "guidance_rescale", "image_guidance", "
 # Of those, the ones about sampling itself (the suite options also select what --autoencoder round-trips).
 _SAMPLING_ONLY = tuple(n for n in _GENERATION_ONLY if n not in ("suite", "per_triple", "max_triples", "per_prompt"))
 _SOURCES = ("model", "videos", "autoencoder")
+_PATHS = {"model": "model folder", "videos": "videos folder", "autoencoder": "autoencoder folder",
+          "prompts": "--prompts file", "world": "--world file", "i3d": "--i3d weights", "inception": "--inception weights",
+          "clip": "--clip folder", "shapes_classifier": "--shapes-classifier folder"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--per-triple", type=int, help="videos per colour x shape x motion triple (default 1)")
     s.add_argument("--max-triples", type=int, help="evaluate a seeded subset of this many triples per split")
     s.add_argument("--per-prompt", type=int, help="videos per prompt of a --prompts file with --model (default 1)")
-    s.add_argument("--seed", type=int, default=0, help="suite seed: per-video generation seeds and ground-truth "
+    s.add_argument("--seed", type=seed_arg, default=0, help="suite seed: per-video generation seeds and ground-truth "
                                                        "placements derive from it (default 0)")
     s.add_argument("--stride", type=int, help="frame stride of the clips (fps = base_fps / stride); default: the "
                                               "world's largest")
@@ -50,10 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "training world, else the defaults), resized to the clip size (--model, --videos)")
     g = p.add_argument_group("generation (--model only; unset: the model folder's defaults)")
     g.add_argument("--steps", type=int, help="sampling steps")
-    g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    g.add_argument("--guidance-rescale", type=float, help="guidance rescale in [0, 1]")
-    g.add_argument("--image-guidance", type=float, help="image guidance scale (image-to-video DynamiCrafter models)")
-    g.add_argument("--eta", type=float, help="DDIM eta")
+    g.add_argument("--guidance", type=non_negative_float, help="classifier-free guidance scale, >= 0")
+    g.add_argument("--guidance-rescale", type=unit_float, help="guidance rescale in [0, 1]")
+    g.add_argument("--image-guidance", type=non_negative_float,
+                   help="image guidance scale, >= 0 (image-to-video DynamiCrafter models)")
+    g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1]")
     g.add_argument("--negative-prompt")
     g.add_argument("--frames", type=int, help="frames per clip")
     g.add_argument("--height", type=int)
@@ -63,8 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="prompts per sampling call (default 1: each video is reproducible with `vidiff generate`; "
                         "8 for a text-to-image model); with --autoencoder, clips per round-trip call (default 1)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="U-Net/encoder compute dtype (default fp32)")
-    g.add_argument("--device", default="cpu", help="device for generation and metric networks")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
+    add_runtime_args(g, device_help="device for generation and metric networks (default cpu)")
     m = p.add_argument_group("metrics (networks are read from local files, never downloaded)")
     m.add_argument("--fvd-shapes", action="store_true", help="FVD-shapes against ground-truth clips, with its floor")
     m.add_argument("--shapes-classifier", help="FVD-shapes classifier folder (default: the packaged one)")
@@ -126,12 +130,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.max_failures < 0:
         raise ValueError(f"--max-failures must be >= 0, got {args.max_failures}")
+    for name, what in _PATHS.items():  # last: the messages above say more than "not found" would
+        value = getattr(args, name)
+        if value is not None and not Path(value).exists():
+            raise FileNotFoundError(f"{what} not found: {value}")
 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    import torch
-
+    apply_runtime_args(args)
+    from .eval.image_eval import evaluate_image_model, format_image_report, is_image_model
     from .eval.report import (
         GenerationSettings,
         MetricSettings,
@@ -141,10 +149,6 @@ def run(args: argparse.Namespace) -> int:
         read_world_file,
     )
     from .eval.suite import canonical_suite, suite_from_file
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from .eval.image_eval import evaluate_image_model, format_image_report, is_image_model
 
     if args.model is not None and is_image_model(args.model):
         if args.prompts is not None or args.suite is not None:

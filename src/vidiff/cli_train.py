@@ -44,25 +44,30 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import yaml
 
-    from vidiff.training.checkpointing import CheckpointError
     from vidiff.training.config import ConfigError, config_to_dict, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as err:
-        print(f"vidiff train: error: {err}", file=sys.stderr)
+        from vidiff.cli_common import describe_error
+
+        print(f"vidiff train: error: {describe_error(err)}", file=sys.stderr)
         return 2
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
+    from vidiff.data.csv_datasets import NoUsableSamplesError
+    from vidiff.training.checkpointing import CheckpointError
     from vidiff.training.trainer import train
 
     try:
         train(cfg)
-    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, CheckpointError, NoUsableSamplesError, OSError) as err:
         if os.environ.get("VIDIFF_DEBUG"):
             raise
-        print(f"vidiff train: error: {err}", file=sys.stderr)
+        from vidiff.cli_common import describe_error
+
+        print(f"vidiff train: error: {describe_error(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -29,8 +29,12 @@ def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
             return dict(load_file(path))
         except (SafetensorError, OSError, RuntimeError) as err:
             raise ConversionError(f"cannot read {path} as safetensors (truncated or corrupt?): {err}") from err
+    from ..utils.io import UnsafeCheckpointError, safe_torch_load
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_mmap_ok(path))
+        obj = safe_torch_load(path, mmap=_mmap_ok(path))
+    except UnsafeCheckpointError as err:
+        raise ConversionError(str(err)) from None
     except Exception as err:  # torch raises many types for truncated zips / pickles
         raise ConversionError(
             f"cannot read {path} as a PyTorch checkpoint (truncated, corrupt, or not a checkpoint): {err}"

@@ -398,8 +398,12 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
         except Exception as err:
             raise ValueError(f"cannot read {what} weights from {path}: {err}") from err
     elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        from ..utils.io import UnsafeCheckpointError, safe_torch_load
+
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = safe_torch_load(path)
+        except UnsafeCheckpointError:
+            raise
         except Exception as err:
             try:  # a TorchScript archive (e.g. a scripted detector) still carries a state dict
                 obj = torch.jit.load(str(path), map_location="cpu").state_dict()

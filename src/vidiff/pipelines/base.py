@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import re
 import warnings
@@ -81,6 +83,28 @@ def _positive_int(value, what: str) -> None:
         raise PipelineError(f"{what} must be a positive integer, got {value!r}")
 
 
+# Ranges of the sampling scalars: guidance below 0 inverts the prompt, eta above 1 makes DDIM's noise exceed the
+# posterior's (square root of a negative number), rescale is a blend factor.
+SAMPLING_RANGES = {
+    "guidance_scale": (0.0, math.inf),
+    "image_guidance_scale": (0.0, math.inf),
+    "guidance_rescale": (0.0, 1.0),
+    "eta": (0.0, 1.0),
+}
+
+
+def check_sampling_values(**values: float | None) -> None:
+    """Raise :class:`PipelineError` for a non-finite or out-of-range sampling scalar (None: not used)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        low, high = SAMPLING_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                or not low <= value <= high:
+            bounds = f"finite and >= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+            raise PipelineError(f"{name} must be {bounds}, got {value!r}")
+
+
 class VideoDiffusionPipeline:
     """Base of the latent video pipelines; subclasses hold the modules named in ``modules``."""
 
@@ -137,9 +161,27 @@ class VideoDiffusionPipeline:
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        self.warn_long_prompts(prompts)
         return self.text_encoder(self.tokenizer(prompts).to(self.device))
 
-    def check_args(self, height: int, width: int, num_frames: int, steps: int, output_type: str) -> None:
+    def warn_long_prompts(self, prompts: list[str]) -> None:
+        """The text encoder reads a fixed number of tokens; say so when a prompt is cut rather than drop words silently."""
+        limit = self.tokenizer.context_length
+        for prompt in dict.fromkeys(prompts):
+            n = len(self.tokenizer.encode(prompt)) + 2  # with the start and end tokens
+            if n > limit:
+                shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+                warnings.warn(f"the prompt {shown!r} is {n} tokens long; the text encoder keeps the first {limit} "
+                              f"(start and end tokens included) and ignores the other {n - limit}",
+                              UserWarning, stacklevel=4)
+
+    def check_args(
+        self, height: int, width: int, num_frames: int, steps: int, output_type: str, *,
+        guidance_scale: float = 1.0, guidance_rescale: float = 0.0, eta: float = 0.0,
+        image_guidance_scale: float | None = None,
+    ) -> None:
+        """Refuse values that would sample garbage (NaN guidance, negative eta, ...) before any work is done, and warn
+        about frame counts beyond what the model was trained on."""
         factor = spatial_factor_of(self.vae)
         for what, v in (("height", height), ("width", width)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % factor:
@@ -148,6 +190,12 @@ class VideoDiffusionPipeline:
         _positive_int(steps, "num_inference_steps")
         if output_type not in OUTPUT_TYPES:
             raise PipelineError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        check_sampling_values(guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, eta=eta,
+                              image_guidance_scale=image_guidance_scale)
+        trained = self.defaults.get("num_frames")
+        if isinstance(trained, int) and trained > 1 and num_frames > trained:
+            warnings.warn(f"{num_frames} frames requested from a model trained on {trained}: frames past the trained "
+                          "length are likely to lose their motion and content", UserWarning, stacklevel=3)
 
     def initial_latents(
         self, batch: int, num_frames: int, height: int, width: int,
@@ -173,7 +221,12 @@ class VideoDiffusionPipeline:
         return VideoPipelineOutput(frames=batch_to_uint8_frames(video), latents=z)
 
 
+SEED_RANGE = 2**64  # torch.Generator.manual_seed takes 64-bit seeds
+
+
 def seeded_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_RANGE):
+        raise PipelineError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     if generator is None and seed is not None:
         return torch.Generator("cpu").manual_seed(int(seed))
     return generator

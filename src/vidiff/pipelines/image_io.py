@@ -14,6 +14,7 @@ unaffected. JPEG EXIF orientation is applied, as image viewers do.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,10 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as handle:
             handle.load()
+            frames = getattr(handle, "n_frames", 1)
+            if frames > 1:
+                warnings.warn(f"{path} is an animation of {frames} frames; only its first frame is used",
+                              UserWarning, stacklevel=2)
             image = ImageOps.exif_transpose(handle)
             image = to_rgb(image)
             image.load()

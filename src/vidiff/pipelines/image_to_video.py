@@ -150,7 +150,7 @@ def concat_condition(first: torch.Tensor, num_frames: int, last: torch.Tensor | 
 
 
 def _base_defaults(family: str | None, flavour: str) -> dict:
-    from ..conversion.lvdm import FAMILIES
+    from ..conversion.families import FAMILIES
 
     fam = FAMILIES.get(family or "") or FAMILIES["vc1_i2v_512" if flavour == "vc" else "dc_512"]
     return dict(fam.defaults)
@@ -325,7 +325,8 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         spacing = self.resolve("timestep_spacing", timestep_spacing)
         if image_guidance_scale is None:  # a model folder may default to multi-condition guidance (official ones don't)
             image_guidance_scale = self.defaults.get("image_guidance_scale")
-        self.check_args(height, width, num_frames, steps, output_type)
+        self.check_args(height, width, num_frames, steps, output_type, guidance_scale=scale, guidance_rescale=rescale,
+                        eta=eta, image_guidance_scale=image_guidance_scale)
         self._check_i2v_args(num_frames, loop, last_image)
         if isinstance(fps, bool) or not isinstance(fps, int) or fps < 0:
             raise PipelineError(f"fps must be a non-negative integer, got {fps!r}")

@@ -98,7 +98,8 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         fps = self.resolve("fps", fps)
         eta = float(self.resolve("eta", eta))
         spacing = self.resolve("timestep_spacing", timestep_spacing)
-        self.check_args(height, width, num_frames, steps, output_type)
+        self.check_args(height, width, num_frames, steps, output_type, guidance_scale=scale, guidance_rescale=rescale,
+                        eta=eta)
         if sampler not in SAMPLERS:
             raise PipelineError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         generator = seeded_generator(generator, seed)

@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from vidiff.data.csv_datasets import ImageTextDataset, JointImageVideoSampler, VideoTextDataset, collate_video_batch
+from vidiff.data.csv_datasets import (
+    ImageTextDataset,
+    JointImageVideoSampler,
+    NoUsableSamplesError,
+    VideoTextDataset,
+    collate_video_batch,
+)
 from vidiff.training.config import ConfigError, DataConfig
 
 __all__ = ["BatchStream", "TrainingSample", "build_datasets", "build_batch_sampler"]
@@ -140,10 +146,12 @@ def build_datasets(cfg: DataConfig, num_frames_hint: int | None = None, *, image
         images = TrainingSample(_build_one(spec, "data.images", cfg.seed, "images", masks))
         if len(images) < 1:
             raise ConfigError("data.images is empty")
+        _check_readable(images, "data.images")
         return images, len(images), 0
     videos = TrainingSample(_build_one(cfg.videos, "data.videos", cfg.seed, "videos", masks))
     if len(videos) < 1:
         raise ConfigError("data.videos is empty")
+    _check_readable(videos, "data.videos")
     if cfg.images is None:
         return videos, len(videos), 0
     spec = dict(cfg.images)
@@ -152,6 +160,15 @@ def build_datasets(cfg: DataConfig, num_frames_hint: int | None = None, *, image
     images = TrainingSample(_build_one(spec, "data.images", cfg.seed, "images", masks), image_fps=image_fps,
                             static_frames=frames)
     return ConcatDataset([videos, images]), len(videos), len(images)
+
+
+def _check_readable(dataset: Dataset, where: str) -> None:
+    """Load one sample now: a dataset none of whose files can be read must say so before batch sizes are checked
+    (otherwise "6 videos cannot fill one batch of 8" hides that none of the 6 could be read)."""
+    try:
+        dataset[0]
+    except NoUsableSamplesError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def build_batch_sampler(cfg: DataConfig, num_videos: int, num_images: int, num_replicas: int, rank: int):

@@ -41,6 +41,7 @@ from vidiff.training.logging import TrainLogger
 from vidiff.training.losses import sample_generators
 from vidiff.training.params import SelectorError, apply_trainable
 from vidiff.training.tasks import make_task
+from vidiff.utils.io import safe_torch_load
 
 __all__ = ["TrainResult", "train"]
 
@@ -186,8 +187,7 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
         load_checkpoint(accelerator, resume_from)
         if ema is not None:
             if fsdp:
-                ema.load_state_dict(torch.load(resume_from / f"ema.rank{accelerator.process_index}",
-                                               weights_only=False))
+                ema.load_state_dict(safe_torch_load(resume_from / f"ema.rank{accelerator.process_index}"))
             ema_to(ema, device)
         if state.fingerprint != cfg.fingerprint():
             say(f"warning: {resume_from} was written with different settings (fingerprint {state.fingerprint} vs "

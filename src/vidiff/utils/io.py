@@ -15,9 +15,10 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "atomic_directory",
@@ -82,9 +83,11 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None], s
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.filename is None:  # PyAV / Pillow errors often do not name the file
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     _fsync_dir(path.parent)
     return path
@@ -122,6 +125,7 @@ def atomic_save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
 ) -> Path:
     """``safetensors.torch.save_file`` through a temporary sibling, so an interrupted save leaves no truncated file."""
+    import torch
     from safetensors.torch import save_file
 
     bad = [k for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -182,3 +186,30 @@ def _swap_in(tmp: Path, final_dir: Path, overwrite: bool) -> None:
         raise
     _fsync_dir(final_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class UnsafeCheckpointError(ValueError):
+    """A pickle that holds more than tensors and plain containers: loading it could run arbitrary code."""
+
+
+def safe_torch_load(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that safe loading refuses raises :class:`UnsafeCheckpointError`
+    saying so (torch's own message advises turning safe loading off, which would run the file's code)."""
+    import pickle
+    import re
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" not in text:
+            raise
+        found = re.search(r"GLOBAL (\S+)", text)
+        what = f" (it asks for {found.group(1)})" if found else ""
+        raise UnsafeCheckpointError(
+            f"{os.fspath(path)} is refused as unsafe: it is a pickle that builds objects other than tensors{what}, "
+            "which could run code; vidiff loads only tensors. Re-save the weights as .safetensors, or as a plain "
+            "state dict, from a trusted copy"
+        ) from None
