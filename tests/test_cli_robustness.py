@@ -49,7 +49,9 @@ def _files(folder: Path) -> list[Path]:
 NO_TORCH_CASES = [
     ["--help"],
     ["--version"],
-    *([verb, "--help"] for verb in ("convert", "generate", "animate", "eval", "train")),
+    *([verb, "--help"] for verb in ("convert", "generate", "animate", "eval", "train", "serve")),
+    ["serve", "--port", "70000"],
+    ["serve", "--t2v-model", "/no/such/model"],
     ["generate", ""],
     ["generate", "a cat", "--seed", str(2**64)],
     ["generate", "a cat", "--guidance", "nan"],
