@@ -243,7 +243,7 @@ def test_pipeline_rejects_bad_inputs(pipe, images, tmp_path):
     (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(PipelineError, match="junk.jpg"):
         _run(pipe, images[0], last_image=tmp_path / "junk.jpg")
-    with pytest.raises(PipelineError, match="height must be a positive multiple of 2"):
+    with pytest.raises(PipelineError, match="height must be a positive multiple of 4 .the autoencoder.s factor 2 times the U-Net.s 2."):
         _run(pipe, images[0], height=15)
     with pytest.raises(PipelineError, match="at least 2 frames"):
         _run(pipe, images[0], loop=True, num_frames=1)

@@ -182,10 +182,13 @@ class VideoDiffusionPipeline:
     ) -> None:
         """Refuse values that would sample garbage (NaN guidance, negative eta, ...) before any work is done, and warn
         about frame counts beyond what the model was trained on."""
-        factor = spatial_factor_of(self.vae)
+        vae_factor = spatial_factor_of(self.vae)
+        unet_factor = 2 ** (len(self.unet.config.channel_mult) - 1)  # its skip connections need every level whole
+        factor = vae_factor * unet_factor
         for what, v in (("height", height), ("width", width)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % factor:
-                raise PipelineError(f"{what} must be a positive multiple of {factor} (the autoencoder's factor), got {v!r}")
+                raise PipelineError(f"{what} must be a positive multiple of {factor} (the autoencoder's factor "
+                                    f"{vae_factor} times the U-Net's {unet_factor}), got {v!r}")
         _positive_int(num_frames, "num_frames")
         _positive_int(steps, "num_inference_steps")
         if output_type not in OUTPUT_TYPES:
