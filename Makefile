@@ -8,8 +8,10 @@ IMAGE ?= src/vidiff/assets/examples/red_circle.png
 MOTION ?= a red circle moving right
 STILL ?= a large yellow triangle
 DEMO := outputs/demo
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint bench
+.PHONY: install browser demo test lint bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -17,6 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The web-demo tests (tests/test_serve.py) drive Debian's Chromium through Playwright (no browser download): install it
+# where it is missing.
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		command -v apt-get >/dev/null || { echo "make browser: no apt-get here; install Chromium as $(CHROMIUM)"; exit 1; }; \
+		echo "installing Debian's chromium for the web-demo tests"; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	fi
 
 # The main job: a video from a prompt with the embedded shapes-world text-to-video model, an animation of an image with
 # the embedded image-to-video model, and an image from the text-to-image base they start from
@@ -26,7 +38,7 @@ demo: $(STAMP)
 	$(BIN)/vidiff animate "$(IMAGE)" "$(MOTION)" -o $(DEMO)/animation.mp4 --gif --sheet --threads 1
 	$(BIN)/vidiff generate "$(STILL)" -o $(DEMO)/image.png --threads 1
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
