@@ -291,6 +291,15 @@ class Backend:
         said = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
         return out, said
 
+    def _generate(self, kind: str, fps: int | None, steps: int | None, progress: Progress, **kwargs: Any):
+        """Load ``kind``'s pipeline and sample with the model's defaults filled in (the caller holds the lock);
+        returns ``(pipe, output, warnings, fps, steps, start time)``."""
+        start = time.time()
+        pipe = self.pipeline(kind, progress)
+        fps, steps = pipe.resolve("fps", fps), pipe.resolve("num_inference_steps", steps)
+        out, warned = self._sample(pipe, steps, progress, fps=fps, **kwargs)
+        return pipe, out, warned, fps, steps, start
+
     def _finish_video(self, frames, fps: float, start: float, seed: int, steps: int, warned: list[str]) -> Result:
         from .utils.video import save_video_outputs
 
@@ -313,13 +322,9 @@ class Backend:
         fps_value = _whole(fps, "fps", 1)
         sampler = _choice(sampler, "Sampler", ("ddim", "ddpm"))
         with self._lock:
-            start = time.time()
-            pipe = self.pipeline("t2v", progress)
-            fps_value = pipe.resolve("fps", fps_value)
-            steps_value = pipe.resolve("num_inference_steps", opts.steps)
-            out, warned = self._sample(pipe, steps_value, progress,
-                                       prompt=prompt, num_frames=num_frames, fps=fps_value, sampler=sampler,
-                                       **opts.pipeline_kwargs())
+            _, out, warned, fps_value, steps_value, start = self._generate(
+                "t2v", fps_value, opts.steps, progress, prompt=prompt, num_frames=num_frames, sampler=sampler,
+                **opts.pipeline_kwargs())
             progress(1.0, desc="writing the mp4, GIF and contact sheet")
             result = self._finish_video(out.frames, float(fps_value), start, opts.seed, steps_value, warned)
             verdict = probe_verdict(out.frames[0], prompt, self.models["t2v"].folder, fps_value)
@@ -354,14 +359,10 @@ class Backend:
         first = _read_image(image, open_image)
         last = _read_image(last_image, open_image) if mode == MODES[1] else None
         with self._lock:
-            start = time.time()
-            pipe = self.pipeline("i2v", progress)
-            fps_value = pipe.resolve("fps", fps_value)
-            steps_value = pipe.resolve("num_inference_steps", opts.steps)
-            out, warned = self._sample(pipe, steps_value, progress,
-                                       image=first, prompt=prompt, last_image=last, loop=mode == MODES[2],
-                                       num_frames=num_frames, fps=fps_value, image_guidance_scale=image_scale,
-                                       **opts.pipeline_kwargs())
+            pipe, out, warned, fps_value, steps_value, start = self._generate(
+                "i2v", fps_value, opts.steps, progress, image=first, prompt=prompt, last_image=last,
+                loop=mode == MODES[2], num_frames=num_frames, image_guidance_scale=image_scale,
+                **opts.pipeline_kwargs())
             if playback is None:
                 playback = FRAME_STRIDE_PLAYBACK_FPS if pipe.fps_is_frame_stride else fps_value
             progress(1.0, desc="writing the mp4, GIF and contact sheet")
@@ -387,13 +388,9 @@ class Backend:
         fps_value = _whole(fps, "fps", 1)
         sampler = _choice(sampler, "Sampler", ("ddim", "ddpm"))
         with self._lock:
-            start = time.time()
-            pipe = self.pipeline("t2i", progress)
-            fps_value = pipe.resolve("fps", fps_value)
-            steps_value = pipe.resolve("num_inference_steps", opts.steps)
-            out, warned = self._sample(pipe, steps_value, progress,
-                                       prompt=prompt, num_frames=1, fps=fps_value, sampler=sampler,
-                                       **opts.pipeline_kwargs())
+            _, out, warned, fps_value, steps_value, start = self._generate(
+                "t2i", fps_value, opts.steps, progress, prompt=prompt, num_frames=1, sampler=sampler,
+                **opts.pipeline_kwargs())
             png = write_png(out.frames[0], self._request_dir() / "image.png")
             h, w = (int(n) for n in out.frames.shape[2:4])
             lines = [f"generated a {w}x{h} image with {steps_value} steps in {time.time() - start:.1f} s "
