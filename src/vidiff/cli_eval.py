@@ -122,12 +122,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.videos is None and args.prompts is None and args.per_prompt is not None:
         raise ValueError("--per-prompt applies to a --prompts file; for the canonical suite use --per-triple")
     for name in ("per_triple", "max_triples", "per_prompt", "batch_size", "metrics_batch_size", "stride", "steps",
-                 "frames", "height", "width", "threads"):
+                 "frames", "height", "width"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.max_failures < 0:
         raise ValueError(f"--max-failures must be >= 0, got {args.max_failures}")
     for name, what in _PATHS.items():  # last: the messages above say more than "not found" would

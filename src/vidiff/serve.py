@@ -101,20 +101,17 @@ class ModelInfo:
 def model_info(model: str | None, kind: str) -> ModelInfo:
     """Resolve ``model`` (None: the embedded default of ``kind``) and read its sampling defaults from model_index.json,
     merged as the pipeline merges them, so the page is filled in without loading any weights."""
-    from .pipelines.base import VideoDiffusionPipeline
-
     folder = resolve_model(model, kind)
     index = check_model_folder(folder)
     name = index.get("_class_name")
     allowed = ("ImageToVideoPipeline",) if kind == "i2v" else ("TextToVideoPipeline", None)
     if name not in allowed:
         raise ValueError(f"{folder} holds a {name!r} model, which does not fit the {_KIND_NAMES[kind]} tab")
-    defaults = dict(VideoDiffusionPipeline.base_defaults)
     if kind == "i2v":
-        from .pipelines.image_to_video import _base_defaults
-
-        defaults.update(_base_defaults(index.get("family"), index.get("flavour")))
-    defaults.update(index.get("defaults") or {})
+        from .pipelines.image_to_video import ImageToVideoPipeline as pipeline_class
+    else:
+        from .pipelines.text_to_video import TextToVideoPipeline as pipeline_class
+    defaults = pipeline_class.folder_defaults(index)
     return ModelInfo(kind=kind, folder=folder, defaults=defaults, flavour=index.get("flavour"),
                      family=index.get("family"), vocabulary=tuple(index.get("vocabulary") or ()))
 

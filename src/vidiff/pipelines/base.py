@@ -126,6 +126,11 @@ class VideoDiffusionPipeline:
         # Models trained on a closed vocabulary (the shapes-world defaults) list it in model_index.json.
         self.vocabulary = frozenset(vocabulary) if vocabulary else None
 
+    @classmethod
+    def folder_defaults(cls, index: dict) -> dict:
+        """The sampling defaults of a pipeline built from a folder with this model_index.json, without its weights."""
+        return {**cls.base_defaults, **(index.get("defaults") or {})}
+
     def unknown_words(self, prompts: list[str]) -> list[str]:
         """Words of the prompts that a closed-vocabulary model never saw (empty for open-vocabulary models)."""
         if self.vocabulary is None:

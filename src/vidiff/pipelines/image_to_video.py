@@ -161,6 +161,12 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
 
     modules = ("unet", "vae", "text_encoder", "image_encoder", "image_projector")
 
+    @classmethod
+    def folder_defaults(cls, index: dict) -> dict:
+        """Base defaults, then the released family's (the official scripts'), then the folder's own."""
+        return {**cls.base_defaults, **_base_defaults(index.get("family"), index.get("flavour")),
+                **(index.get("defaults") or {})}
+
     def __init__(
         self,
         unet: torch.nn.Module,
