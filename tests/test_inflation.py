@@ -139,3 +139,46 @@ def test_eval_of_an_image_model_probes_every_colour_and_shape(tmp_path, capsys):
     assert cli_main(["eval", "--model", str(model), "-o", str(tmp_path / "e2"), "--suite", "seen"]) == 2
     err = capsys.readouterr().err
     assert "exists" in err and "--suite" in err and "Traceback" not in err
+
+
+def test_pooled_text_embedding_starts_as_nothing_and_then_conditions_every_resblock():
+    """pooled_text_condition adds the mean text token to the timestep embedding; inflated, it starts at zero."""
+    plain = _randomised(UNet3DModel(**VIDEO_UNET))
+    pooled = _randomised(UNet3DModel(**VIDEO_UNET, pooled_text_condition=True), seed=5)
+    report = inflate_from(pooled, plain)
+    assert sorted(n for n in report.new if n.startswith("text_embedding")) == [
+        "text_embedding.0.bias", "text_embedding.0.weight", "text_embedding.2.bias", "text_embedding.2.weight"]
+    x, t = torch.randn(2, 4, 8, 16, 16), torch.tensor([10, 700])
+    ctx, other = torch.randn(2, 7, 32), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        assert (pooled(x, t, ctx, fps=8) - plain(x, t, ctx, fps=8)).abs().max().item() < 1e-6
+        pooled.text_embedding[-1].weight.normal_()
+        moved = pooled(x, t, ctx, fps=8)
+        assert (moved - plain(x, t, ctx, fps=8)).abs().max().item() > 1e-3
+        # another caption changes the output
+        assert (pooled(x, t, other, fps=8) - moved).abs().max().item() > 1e-3
+        # and only the text tokens: image tokens after text_context_len are not pooled
+        i2v = UNet3DModel(**{**VIDEO_UNET, "pooled_text_condition": True, "image_cross_attention": True,
+                             "text_context_len": 7, "image_tokens_per_frame": 4}).eval()
+        tokens = torch.randn(2, 4, 32)
+        assert torch.equal(i2v._pooled_text(torch.cat([ctx, tokens], 1)), ctx.mean(1))
+
+
+def test_absolute_frame_positions_start_at_zero_and_then_break_shift_equivariance():
+    """temporal_position_embedding gives each frame its index; added to a trained model it changes nothing at first."""
+    relative = _randomised(UNet3DModel(**VIDEO_UNET))
+    absolute = _randomised(UNet3DModel(**VIDEO_UNET, temporal_position_embedding=True), seed=7)
+    report = inflate_from(absolute, relative)
+    assert len([n for n in report.new if n.endswith("position_embedding")]) == 1 + 2 + 1 + 4  # init, down, mid, up
+    x, t, ctx = torch.randn(1, 4, 8, 16, 16), torch.tensor([900]), torch.randn(1, 7, 32)
+    with torch.no_grad():
+        assert (absolute(x, t, ctx, fps=8) - relative(x, t, ctx, fps=8)).abs().max().item() < 1e-6
+        # identical content in every frame: without positions every frame gets the same output, with them not
+        same = x[:, :, :1].expand(-1, -1, 8, -1, -1).contiguous()
+        no_order = {**VIDEO_UNET, "temporal_conv": False, "use_relative_position": False}
+        out_plain = _randomised(UNet3DModel(**no_order), seed=2)(same, t, ctx, fps=8)
+        out_abs = _randomised(UNet3DModel(**no_order, temporal_position_embedding=True), seed=2)(same, t, ctx, fps=8)
+    spread = lambda out: (out - out.mean(2, keepdim=True)).abs().max().item()  # noqa: E731
+    assert spread(out_plain) < 1e-5 and spread(out_abs) > 1e-2
+    with pytest.raises(ValueError, match="positions for 8 frames"):
+        absolute(torch.randn(1, 4, 9, 16, 16), t, ctx, fps=8)

@@ -239,12 +239,22 @@ class TemporalTransformer(nn.Module):
         relative_position: bool = False,
         temporal_length: int | None = None,
         causal: bool = False,
+        position_embedding: bool = False,
     ):
         super().__init__()
         inner = heads * dim_head
         self.use_linear = use_linear
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv1d(channels, inner, 1)
+        # learned absolute frame positions (AnimateDiff-style), zero at init: relative positions alone make the layer
+        # shift-equivariant in time, so at high noise every frame gets the same prediction and a motion word cannot
+        # say where the object is in frame 0 versus frame 15
+        if position_embedding:
+            if not temporal_length:
+                raise ValueError("a temporal position embedding needs temporal_length")
+            self.position_embedding = nn.Parameter(torch.zeros(temporal_length, inner))
+        else:
+            self.position_embedding = None
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(
                 inner,
@@ -269,6 +279,11 @@ class TemporalTransformer(nn.Module):
         x = rearrange(x, "n c t -> n t c")
         if self.use_linear:
             x = self.proj_in(x)
+        if self.position_embedding is not None:
+            if t > self.position_embedding.shape[0]:
+                raise ValueError(f"this temporal layer has positions for {self.position_embedding.shape[0]} frames, "
+                                 f"got {t}: generate longer videos in windows of at most that many frames")
+            x = x + self.position_embedding[:t].to(x.dtype)
         for block in self.transformer_blocks:
             x = block(x)
         if self.use_linear:

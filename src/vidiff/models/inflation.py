@@ -6,8 +6,10 @@ from VideoCrafter, UniVid from a T2V/T2I model). Tensors with matching names and
 does not have start as identities, so the new model computes exactly what the source did until training moves them:
 
 * temporal layers (temporal conv blocks, temporal transformers, the first temporal attention): their output
-  projections are zero, and each sits inside a residual, so it passes its input through;
-* the fps / frame-stride embedding: its last linear layer is zero, so it adds nothing to the timestep embedding;
+  projections are zero, and each sits inside a residual, so it passes its input through; a temporal transformer's
+  absolute frame positions start at zero, so one added to a trained layer leaves it unchanged;
+* the fps / frame-stride embedding and the pooled-text embedding: their last linear layers are zero, so they add
+  nothing to the timestep embedding;
 * image cross-attention: the value projection of the image stream is zero, so the image tokens add nothing;
 * extra input channels of the first convolution (DynamiCrafter's concatenated image latent): zero weights.
 
@@ -59,6 +61,9 @@ def init_identity_layers(unet: nn.Module) -> list[str]:
         elif isinstance(module, TemporalTransformer):
             _zero(module.proj_out)
             zeroed.append(f"{name}.proj_out")
+            if module.position_embedding is not None:
+                nn.init.zeros_(module.position_embedding)
+                zeroed.append(f"{name}.position_embedding")
         elif isinstance(module, Attention) and module.image_attention:
             _zero(module.to_v_ip)
             zeroed.append(f"{name}.to_v_ip")
@@ -66,6 +71,10 @@ def init_identity_layers(unet: nn.Module) -> list[str]:
     if fps is not None:
         _zero(fps[-1])
         zeroed.append("fps_embedding.2")
+    text = getattr(unet, "text_embedding", None)
+    if text is not None:
+        _zero(text[-1])
+        zeroed.append("text_embedding.2")
     return zeroed
 
 

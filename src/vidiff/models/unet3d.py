@@ -47,6 +47,11 @@ class UNet3DModel(ModelMixin, ConfigMixin):
     channels), ``timestep`` (b,), ``context`` (b, L, context_dim): text tokens, followed by image tokens when
     ``image_cross_attention`` is on (16 shared tokens, or 16 per frame when L == 77 + 16·t and
     ``per_frame_image_tokens``), and ``fps`` (b,) or an int (defaults to ``default_fps``).
+
+    Two options beyond the official architecture (off by default, so converted checkpoints are unchanged):
+    ``pooled_text_condition`` adds an MLP of the mean text token to the timestep embedding, so the caption reaches
+    every ResBlock and not only the attention levels; ``temporal_position_embedding`` gives every temporal transformer
+    learned absolute frame positions (zero at init), for ``temporal_length`` frames at most.
     """
 
     _supports_gradient_checkpointing = True
@@ -83,6 +88,8 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         per_frame_image_tokens: bool = False,
         truncate_text_context: bool = False,
         text_context_len: int = TEXT_CONTEXT_LEN,
+        pooled_text_condition: bool = False,
+        temporal_position_embedding: bool = False,
     ):
         super().__init__()
         self.gradient_checkpointing = False
@@ -90,6 +97,8 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if fps_condition:
             self.fps_embedding = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if pooled_text_condition:
+            self.text_embedding = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         self.input_blocks = nn.ModuleList([BlockSequence(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
         if addition_attention:
@@ -170,6 +179,7 @@ class UNet3DModel(ModelMixin, ConfigMixin):
             relative_position=cfg.use_relative_position,
             temporal_length=cfg.temporal_length,
             causal=cfg.use_causal_attention,
+            position_embedding=cfg.temporal_position_embedding,
         )
 
     # -- forward --
@@ -183,6 +193,12 @@ class UNet3DModel(ModelMixin, ConfigMixin):
             image = rearrange(context[:, n_text:], "b (t l) c -> (b t) l c", t=num_frames)
             return torch.cat([text, image], dim=1)
         return context.repeat_interleave(num_frames, dim=0)
+
+    def _pooled_text(self, context: torch.Tensor) -> torch.Tensor:
+        """Mean of the text tokens (b, context_dim): in a causal text tower every token after the caption has read all
+        of it, so the mean is a caption summary; it reaches every ResBlock through the timestep embedding."""
+        n_text = self.config.text_context_len if self.config.image_cross_attention else context.shape[1]
+        return context[:, :n_text].float().mean(dim=1)
 
     def forward(
         self,
@@ -205,6 +221,8 @@ class UNet3DModel(ModelMixin, ConfigMixin):
             if fps.ndim == 0:
                 fps = fps.expand(b)
             emb = emb + self.fps_embedding(sinusoidal_embedding(fps, self.config.model_channels).to(dtype))
+        if self.config.pooled_text_condition and context is not None:
+            emb = emb + self.text_embedding(self._pooled_text(context).to(dtype))
         emb = emb.repeat_interleave(t, dim=0)
         context = self._frame_context(context, t)
         if context is not None:
