@@ -417,6 +417,17 @@ def test_autoencoder_training_kl_model_and_generic_module(tmp_path):
     assert vae.config.scaling_factor != 1.0  # calibrated to 1 / std of the latents
     assert res.previews and res.previews[-1].is_file()
 
+    # a decoder fine-tune keeps the latent space: the encoder and the scaling factor are the pretrained ones
+    decoder = copy.deepcopy(ae)
+    decoder["model"] = {"vae": {"pretrained": str(res.model_dir), "trainable": True}}
+    decoder["data"] = {**ae["data"], "videos": {**ae["data"]["videos"], "seed": 6}}  # other clips, another std
+    decoder["train"] = {**ae["train"], "trainable": ["autoencoder.decoder.*", "autoencoder.post_quant_conv.*"]}
+    tuned = LDMAutoencoderKL.from_pretrained(run_config(tiny_config(tmp_path / "decoder", **decoder)).model_dir)
+    assert tuned.config.scaling_factor == vae.config.scaling_factor
+    before, after = vae.state_dict(), tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
     generic = copy.deepcopy(ae)
     generic["model"] = {"vae": {"class_path": "test_training:TinyDeterministicAE", "config": {"latent": 3}}}
     res = run_config(tiny_config(tmp_path / "generic", **generic))

@@ -565,12 +565,22 @@ class AutoencoderTask:
             rows += [src, rec]
         return [write_contact_sheet(rows, out_dir / f"{tag}.png", columns=None)]
 
+    def encoder_trained(self) -> bool:
+        """Whether any parameter that shapes the latents (encoder, quant_conv) is being trained."""
+        parts = [getattr(self.autoencoder, n, None) for n in ("encoder", "quant_conv")]
+        parts = [m for m in parts if isinstance(m, nn.Module)]
+        if not parts:
+            return any(p.requires_grad for p in self.autoencoder.parameters())
+        return any(p.requires_grad for m in parts for p in m.parameters())
+
     @torch.no_grad()
     def calibrate_scaling_factor(self, videos: torch.Tensor) -> float | None:
         """LDM's scale_by_std: 1 / std of the latents, stored in the config so diffusion sees unit-variance latents."""
         config = getattr(self.autoencoder, "config", None)
         if config is None or "scaling_factor" not in config or not hasattr(self.autoencoder, "register_to_config"):
             return None
+        if not self.encoder_trained():
+            return None  # a decoder fine-tune keeps the latent space, so models trained on it keep their scale
         frames = videos if self.video_input else rearrange(videos, "b c t h w -> (b t) c h w")
         frames = frames.to(self.device)
         was_training = self.autoencoder.training
