@@ -227,6 +227,28 @@ def test_diffusion_loss_targets(prediction):
     assert float(zero_loss) == pytest.approx(float(target.square().mean()), rel=1e-6)
 
 
+def test_timestep_sampling_uniform_is_unchanged_and_logit_normal_shifts_to_high_noise(tmp_path):
+    from vidiff.training.losses import draw_diffusion
+
+    positions = list(range(2000))
+    uniform = draw_diffusion(sample_generators(0, 0, 0, positions), (1,), 1000, False, {"type": "uniform"})
+    before = draw_diffusion(sample_generators(0, 0, 0, positions), (1,), 1000, False)  # the old call
+    assert torch.equal(uniform.timesteps, before.timesteps) and torch.equal(uniform.noise, before.noise)
+    high = draw_diffusion(sample_generators(0, 0, 0, positions), (1,), 1000, False,
+                          {"type": "logit_normal", "mean": 1.0, "std": 1.0}).timesteps
+    assert high.min() >= 0 and high.max() <= 999
+    assert 380 < float(uniform.timesteps.float().mean()) < 620 and float(high.float().mean()) > 650
+    assert float((high > 600).float().mean()) > 0.6 > float((uniform.timesteps > 600).float().mean())
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path / "run")))
+    assert load_config(path, ["train.timestep_sampling={type: logit_normal, mean: 0.5}"]).train.timestep_sampling
+    for bad, message in (("{type: cosine}", "uniform or logit_normal"), ("{type: uniform, mean: 1}", "accepts type"),
+                         ("{type: logit_normal, std: 0}", "std must be > 0"),
+                         ("{type: logit_normal, mean: .nan}", "finite number")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, [f"train.timestep_sampling={bad}"])
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     bundle = _tiny_bundle()

@@ -55,6 +55,22 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending key."""
 
 
+def _check_timestep_sampling(spec: dict) -> None:
+    kind = spec.get("type", "uniform")
+    allowed = {"uniform": {"type"}, "logit_normal": {"type", "mean", "std"}}
+    if kind not in allowed:
+        raise ConfigError(f"train.timestep_sampling.type must be uniform or logit_normal, got {kind!r}")
+    unknown = sorted(set(spec) - allowed[kind])
+    if unknown:
+        raise ConfigError(f"train.timestep_sampling ({kind}) accepts {', '.join(sorted(allowed[kind]))}; got {unknown}")
+    for key in ("mean", "std"):
+        value = spec.get(key, 0.0 if key == "mean" else 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"train.timestep_sampling.{key} must be a finite number, got {value!r}")
+    if not spec.get("std", 1.0) > 0:
+        raise ConfigError(f"train.timestep_sampling.std must be > 0, got {spec['std']!r}")
+
+
 # ---------------------------------------------------------------------------------------------------------- sections
 
 
@@ -164,6 +180,9 @@ class TrainConfig:
     # Keep each clip's autoencoder posterior (mean, std) in memory by dataset index, so later epochs over a finite
     # dataset skip the autoencoder; the posterior is still sampled with the per-sample noise, so results are unchanged.
     cache_latents: bool = False
+    # Training timesteps: {type: uniform} (DDPM's), or {type: logit_normal, mean, std} (SD3's): mean > 0 puts more
+    # steps at high noise, where a clip's layout and motion are decided and the loss rewards the caption least.
+    timestep_sampling: dict = field(default_factory=lambda: {"type": "uniform"})
 
 
 @dataclass
@@ -493,6 +512,7 @@ def _validate(c: RunConfig) -> None:
         raise ConfigError(f"train.cond_dropout probabilities add up to {sum(probs.values())} > 1")
     if c.task != "i2v" and (probs["image"] or probs["both"]):
         raise ConfigError("train.cond_dropout.image/both need an image-conditioned model (task: i2v)")
+    _check_timestep_sampling(t.timestep_sampling)
     if not t.trainable:
         raise ConfigError("train.trainable is empty: nothing would be trained")
     bad = sorted(set(c.binding.attributes) - set(BINDING_ATTRIBUTES))

@@ -47,13 +47,24 @@ class DiffusionDraws:
     posterior_eps: torch.Tensor | None  # (b, c, t, h, w) for sampling the autoencoder posterior, or None
 
 
+def _draw_timestep(g: torch.Generator, num_train_timesteps: int, sampling: dict | None) -> torch.Tensor:
+    """One training timestep: uniform, or logit-normal (SD3's t = sigmoid(mean + std·n)), whose mean > 0 spends more
+    steps at high noise, where a video's layout and trajectory are chosen."""
+    if not sampling or sampling.get("type", "uniform") == "uniform":
+        return torch.randint(0, num_train_timesteps, (1,), generator=g)
+    n = torch.randn(1, generator=g)
+    u = torch.sigmoid(float(sampling.get("mean", 0.0)) + float(sampling.get("std", 1.0)) * n)
+    return (u * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+
+
 def draw_diffusion(
-    gens: list[torch.Generator], latent_shape: tuple[int, ...], num_train_timesteps: int, with_posterior: bool
+    gens: list[torch.Generator], latent_shape: tuple[int, ...], num_train_timesteps: int, with_posterior: bool,
+    timestep_sampling: dict | None = None,
 ) -> DiffusionDraws:
     """The per-sample random numbers of one diffusion training step, always drawn in the same order."""
     ts, noise, uni, eps = [], [], [], []
     for g in gens:
-        ts.append(torch.randint(0, num_train_timesteps, (1,), generator=g))
+        ts.append(_draw_timestep(g, num_train_timesteps, timestep_sampling))
         uni.append(torch.rand(1, generator=g))
         noise.append(torch.randn(latent_shape, generator=g))
         if with_posterior:

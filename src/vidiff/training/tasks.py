@@ -96,7 +96,8 @@ class TextToVideoTask:
         """Scaled latents of the batch (posterior sampled with per-sample noise) and the per-sample draws."""
         if "latents" in batch:
             latents = batch["latents"].to(self.device).float()
-            return latents, draw_diffusion(gens, tuple(latents.shape[1:]), self.schedule.num_train_timesteps, False)
+            return latents, draw_diffusion(gens, tuple(latents.shape[1:]), self.schedule.num_train_timesteps, False,
+                                           self.cfg.train.timestep_sampling)
         from vidiff.models.autoencoder import latent_channels_of, spatial_factor_of
 
         video = batch["video"]
@@ -108,7 +109,7 @@ class TextToVideoTask:
                                   "fps": batch["fps"][:n], "frame_stride": batch["frame_stride"][:n]}
         f = spatial_factor_of(self.vae)
         shape = (latent_channels_of(self.vae), video.shape[2], video.shape[3] // f, video.shape[4] // f)
-        draws = draw_diffusion(gens, shape, self.schedule.num_train_timesteps, True)
+        draws = draw_diffusion(gens, shape, self.schedule.num_train_timesteps, True, self.cfg.train.timestep_sampling)
         with torch.no_grad():
             if self.cfg.train.cache_latents:
                 latents = self._cached_latents(batch, draws.posterior_eps)
