@@ -240,12 +240,29 @@ class TemporalTransformer(nn.Module):
         temporal_length: int | None = None,
         causal: bool = False,
         position_embedding: bool = False,
+        text_context_dim: int | None = None,
+        text_context_len: int | None = None,
     ):
         super().__init__()
         inner = heads * dim_head
         self.use_linear = use_linear
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv1d(channels, inner, 1)
+        # cross-attention from every pixel's frame sequence to the caption (zero output at init): the official
+        # temporal layers are self-attention only, so a motion word reaches them only through the spatial layers
+        if text_context_dim is not None:
+            self.text_norm = nn.LayerNorm(inner)
+            self.text_attention = Attention(
+                inner,
+                text_context_dim,
+                heads,
+                dim_head,
+                dropout,
+                text_context_len=text_context_len or TEXT_CONTEXT_LEN,
+                truncate_text_context=text_context_len is not None,
+            )
+        else:
+            self.text_norm = self.text_attention = None
         # learned absolute frame positions (AnimateDiff-style), zero at init: relative positions alone make the layer
         # shift-equivariant in time, so at high noise every frame gets the same prediction and a motion word cannot
         # say where the object is in frame 0 versus frame 15
@@ -271,6 +288,7 @@ class TemporalTransformer(nn.Module):
         self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv1d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``context`` (b, L, C): caption tokens for the text cross-attention (ignored without it)."""
         b, _, t, h, w = x.shape
         x_in = x
         x = rearrange(self.norm(x), "b c t h w -> (b h w) c t")
@@ -284,6 +302,10 @@ class TemporalTransformer(nn.Module):
                 raise ValueError(f"this temporal layer has positions for {self.position_embedding.shape[0]} frames, "
                                  f"got {t}: generate longer videos in windows of at most that many frames")
             x = x + self.position_embedding[:t].to(x.dtype)
+        if self.text_attention is not None and context is not None:
+            if context.shape[0] != b:
+                raise ValueError(f"temporal text attention needs one caption per video ({b}), got {context.shape[0]}")
+            x = x + self.text_attention(self.text_norm(x), context.to(x.dtype).repeat_interleave(h * w, dim=0))
         for block in self.transformer_blocks:
             x = block(x)
         if self.use_linear:

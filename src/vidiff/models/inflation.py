@@ -64,6 +64,9 @@ def init_identity_layers(unet: nn.Module) -> list[str]:
             if module.position_embedding is not None:
                 nn.init.zeros_(module.position_embedding)
                 zeroed.append(f"{name}.position_embedding")
+            if module.text_attention is not None:
+                _zero(module.text_attention.to_out)
+                zeroed.append(f"{name}.text_attention.to_out")
         elif isinstance(module, Attention) and module.image_attention:
             _zero(module.to_v_ip)
             zeroed.append(f"{name}.to_v_ip")

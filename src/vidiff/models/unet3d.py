@@ -34,7 +34,8 @@ class BlockSequence(nn.Sequential):
                 x = layer(x, context)
             elif isinstance(layer, TemporalTransformer):
                 x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
-                x = rearrange(layer(x), "b c t h w -> (b t) c h w")
+                video_context = None if context is None or layer.text_attention is None else context[::num_frames]
+                x = rearrange(layer(x, video_context), "b c t h w -> (b t) c h w")
             else:
                 x = layer(x)
         return x
@@ -51,7 +52,9 @@ class UNet3DModel(ModelMixin, ConfigMixin):
     Two options beyond the official architecture (off by default, so converted checkpoints are unchanged):
     ``pooled_text_condition`` adds an MLP of the mean text token to the timestep embedding, so the caption reaches
     every ResBlock and not only the attention levels; ``temporal_position_embedding`` gives every temporal transformer
-    learned absolute frame positions (zero at init), for ``temporal_length`` frames at most.
+    learned absolute frame positions (zero at init), for ``temporal_length`` frames at most;
+    ``temporal_text_attention`` adds a cross-attention to the caption in every temporal transformer (zero at init), so
+    motion words reach the layers that move things.
     """
 
     _supports_gradient_checkpointing = True
@@ -90,6 +93,7 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         text_context_len: int = TEXT_CONTEXT_LEN,
         pooled_text_condition: bool = False,
         temporal_position_embedding: bool = False,
+        temporal_text_attention: bool = False,
     ):
         super().__init__()
         self.gradient_checkpointing = False
@@ -180,6 +184,8 @@ class UNet3DModel(ModelMixin, ConfigMixin):
             temporal_length=cfg.temporal_length,
             causal=cfg.use_causal_attention,
             position_embedding=cfg.temporal_position_embedding,
+            text_context_dim=cfg.context_dim if cfg.temporal_text_attention else None,
+            text_context_len=cfg.text_context_len if cfg.image_cross_attention else None,  # text tokens only
         )
 
     # -- forward --
@@ -233,7 +239,9 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         for i, block in enumerate(self.input_blocks):
             h = self._run(block, h, emb, context, t)
             if i == 0 and self.config.addition_attention:
-                h = rearrange(self.init_attn(rearrange(h, "(b t) c h w -> b c t h w", t=t)), "b c t h w -> (b t) c h w")
+                video_context = None if context is None else context[::t]
+                h = rearrange(self.init_attn(rearrange(h, "(b t) c h w -> b c t h w", t=t), video_context),
+                              "b c t h w -> (b t) c h w")
             skips.append(h)
         h = self._run(self.middle_block, h, emb, context, t)
         for block in self.output_blocks:
