@@ -49,7 +49,6 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                                    "the text-to-image one for -o *.png)")
     add_sampling_args(p, "outputs/video.mp4")
     p.add_argument("--fps", type=positive_int, help="fps conditioning and playback rate (default: the model's)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default ddim)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +120,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         eta=args.eta,
         seed=args.seed,
         sampler=args.sampler,
+        timestep_spacing=args.timestep_spacing,
     )
     write_outputs(out.frames, args, fps, start, "generated")
     verdict = probe_verdict(out.frames[0], args.prompt, model, fps)

@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         fps=fps,
         eta=args.eta,
         seed=args.seed,
+        sampler=args.sampler,
+        timestep_spacing=args.timestep_spacing,
         progress=True,
     )
     playback = args.playback_fps

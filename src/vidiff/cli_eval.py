@@ -11,12 +11,22 @@ import argparse
 import time
 from pathlib import Path
 
-from .cli_common import DTYPES, add_runtime_args, apply_runtime_args, non_negative_float, seed_arg, unit_float
+from .cli_common import (
+    DTYPES,
+    SAMPLER_CHOICES,
+    SPACING_CHOICES,
+    add_runtime_args,
+    apply_runtime_args,
+    non_negative_float,
+    seed_arg,
+    unit_float,
+)
 
 DEFAULT_SUITE = "seen,heldout"
 # Options that only make sense when vidiff generates the videos itself.
-_GENERATION_ONLY = ("steps", "guidance", "guidance_rescale", "image_guidance", "eta", "negative_prompt", "frames",
-                    "height", "width", "fps", "suite", "per_triple", "max_triples", "per_prompt")
+_GENERATION_ONLY = ("steps", "guidance", "guidance_rescale", "image_guidance", "eta", "sampler", "timestep_spacing",
+                    "negative_prompt", "frames", "height", "width", "fps", "suite", "per_triple", "max_triples",
+                    "per_prompt")
 # Of those, the ones about sampling itself (the suite options also select what --autoencoder round-trips).
 _SAMPLING_ONLY = tuple(n for n in _GENERATION_ONLY if n not in ("suite", "per_triple", "max_triples", "per_prompt"))
 _SOURCES = ("model", "videos", "autoencoder")
@@ -58,7 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--guidance-rescale", type=unit_float, help="guidance rescale in [0, 1]")
     g.add_argument("--image-guidance", type=non_negative_float,
                    help="image guidance scale, >= 0 (image-to-video DynamiCrafter models)")
-    g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1]")
+    g.add_argument("--eta", type=unit_float, help="noise of the stochastic samplers in [0, 1]")
+    g.add_argument("--sampler", choices=SAMPLER_CHOICES, help="sampler (default ddim)")
+    g.add_argument("--timestep-spacing", choices=SPACING_CHOICES, help="uniform, uniform_trailing or karras")
     g.add_argument("--negative-prompt")
     g.add_argument("--frames", type=int, help="frames per clip")
     g.add_argument("--height", type=int)
@@ -195,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.model is not None:
         generation = GenerationSettings(
             steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
-            image_guidance=args.image_guidance, eta=args.eta, negative_prompt=args.negative_prompt,
+            image_guidance=args.image_guidance, eta=args.eta, sampler=args.sampler or "ddim",
+            timestep_spacing=args.timestep_spacing, negative_prompt=args.negative_prompt,
             frames=args.frames, height=args.height, width=args.width, fps=args.fps, batch_size=batch_size,
             dtype=args.dtype or "fp32", device=args.device,
         )

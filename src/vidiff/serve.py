@@ -42,7 +42,7 @@ import gradio as gr
 import numpy as np
 
 from .cli_animate import FRAME_STRIDE_PLAYBACK_FPS
-from .cli_common import SEED_RANGE, check_model_folder, describe_error, probe_verdict, resolve_model
+from .cli_common import SAMPLER_CHOICES, SEED_RANGE, check_model_folder, describe_error, probe_verdict, resolve_model
 
 __all__ = ["Backend", "ModelInfo", "PortInUseError", "build_app", "launch", "offline_theme"]
 
@@ -317,7 +317,7 @@ class Backend:
         opts = Sampling.from_form(negative_prompt, seed, steps, guidance, guidance_rescale, eta, height, width)
         num_frames = _whole(frames, "Frames", 1, MAX_FRAMES)
         fps_value = _whole(fps, "fps", 1)
-        sampler = _choice(sampler, "Sampler", ("ddim", "ddpm"))
+        sampler = _choice(sampler, "Sampler", SAMPLER_CHOICES)
         with self._lock:
             _, out, warned, fps_value, steps_value, start = self._generate(
                 "t2v", fps_value, opts.steps, progress, prompt=prompt, num_frames=num_frames, sampler=sampler,
@@ -383,7 +383,7 @@ class Backend:
         prompt = _check_prompt(prompt, "image")
         opts = Sampling.from_form(negative_prompt, seed, steps, guidance, guidance_rescale, eta, height, width)
         fps_value = _whole(fps, "fps", 1)
-        sampler = _choice(sampler, "Sampler", ("ddim", "ddpm"))
+        sampler = _choice(sampler, "Sampler", SAMPLER_CHOICES)
         with self._lock:
             _, out, warned, fps_value, steps_value, start = self._generate(
                 "t2i", fps_value, opts.steps, progress, prompt=prompt, num_frames=1, sampler=sampler,
@@ -561,7 +561,7 @@ def build_app(t2v_model: str | None = None, i2v_model: str | None = None, t2i_mo
                         with gr.Accordion("Advanced", open=False, elem_id="t2v-advanced"):
                             f = _sampling_fields("t2v", t2v.defaults, frames=True,
                                                  fps_info="conditioning and playback rate")
-                            sampler = gr.Radio(["ddim", "ddpm"], value="ddim", label="Sampler", elem_id="t2v-sampler")
+                            sampler = gr.Dropdown(list(SAMPLER_CHOICES), value="ddim", label="Sampler", elem_id="t2v-sampler")
                         button = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
                     with gr.Column():
                         outputs = _outputs("t2v")
@@ -625,7 +625,7 @@ def build_app(t2v_model: str | None = None, i2v_model: str | None = None, t2i_mo
                         _examples(t2i, t2i_prompt)
                         with gr.Accordion("Advanced", open=False, elem_id="t2i-advanced"):
                             h = _sampling_fields("t2i", t2i.defaults, frames=False, fps_info="conditioning")
-                            t2i_sampler = gr.Radio(["ddim", "ddpm"], value="ddim", label="Sampler",
+                            t2i_sampler = gr.Dropdown(list(SAMPLER_CHOICES), value="ddim", label="Sampler",
                                                    elem_id="t2i-sampler")
                         t2i_button = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
                     with gr.Column():

@@ -106,9 +106,10 @@ def ddim_coefficients(
     return DDIMCoefficients(steps, alphas, alphas_prev, sigmas, sqrt_one_minus, scale, scale_prev)
 
 
-def _draw_noise(
+def draw_noise(
     step_index: int, like: torch.Tensor, generator: torch.Generator | None, noise_fn: NoiseFn | None
 ) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``: ``noise_fn(step_index, shape)`` if given, else from ``generator``."""
     shape = tuple(like.shape)
     if noise_fn is not None:
         noise = noise_fn(step_index, shape)
@@ -133,7 +134,8 @@ def _check_output(out: torch.Tensor, x: torch.Tensor, t: int) -> None:
         raise ValueError(f"denoise returned {got} at t={t}; expected a tensor shaped like x {tuple(x.shape)}")
 
 
-def _check_eps_at_zero_snr(schedule: NoiseSchedule, steps: np.ndarray) -> None:
+def check_eps_at_zero_snr(schedule: NoiseSchedule, steps: np.ndarray) -> None:
+    """Refuse an ε-prediction model at a step with ᾱ = 0, where x0 = (x − ε)/0."""
     if not schedule.is_v_prediction and bool((schedule.alphas_cumprod[torch.as_tensor(steps)] == 0).any()):
         raise ValueError(
             "an epsilon-prediction model cannot be sampled from a step with alphas_cumprod == 0 (zero terminal SNR); "
@@ -174,7 +176,7 @@ def sample_ddim(
     """
     _check_inputs(x_T, schedule)
     co = ddim_coefficients(schedule, num_steps, eta, spacing)
-    _check_eps_at_zero_snr(schedule, co.timesteps)
+    check_eps_at_zero_snr(schedule, co.timesteps)
     x = x_T
     b, dev, dt = x.shape[0], x.device, x.dtype
 
@@ -193,7 +195,7 @@ def sample_ddim(
         sigma, sq1m_t = scalar(co.sigmas[index]), scalar(co.sqrt_one_minus_alphas[index])
         e, pred_x0 = _eps_and_x0(schedule, x, out, step, a_t, sq1m_t)
         dir_xt = (1.0 - a_prev - sigma**2).clamp_min(0).sqrt() * e
-        noise = sigma * _draw_noise(i, x, generator, noise_fn)
+        noise = sigma * draw_noise(i, x, generator, noise_fn)
         if schedule.data_scale == "vc":
             s_t, s_prev = scalar(co.scale[index]), scalar(co.scale_prev[index])
             pred_x0 = pred_x0 / s_t
@@ -267,7 +269,7 @@ def sample_ddpm(
         steps = np.arange(schedule.num_train_timesteps, dtype=np.int64)
     else:
         steps = ddim_timesteps(num_steps, spacing, schedule.num_train_timesteps)
-    _check_eps_at_zero_snr(schedule, steps)
+    check_eps_at_zero_snr(schedule, steps)
     table = _ddpm_table(schedule, steps)
     scale = schedule.scale_arr.numpy() if schedule.scale_arr is not None else None
     x = x_T
@@ -297,7 +299,7 @@ def sample_ddpm(
         if scale is not None:
             x0 = x0 * s_prev
         mean = scalar(table["coef1"][index]) * x0 + scalar(table["coef2"][index]) * x_t
-        noise = _draw_noise(i, x, generator, noise_fn)
+        noise = draw_noise(i, x, generator, noise_fn)
         if index > 0:
             x = mean + (0.5 * scalar(table["log_var"][index])).exp() * noise
         else:

@@ -92,6 +92,8 @@ class GenerationSettings:
     height: int | None = None
     width: int | None = None
     fps: int | None = None
+    sampler: str = "ddim"
+    timestep_spacing: str | None = None
     batch_size: int = 1
     dtype: str = "fp32"
     device: str = "cpu"
@@ -107,6 +109,12 @@ class GenerationSettings:
             raise EvalError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if self.dtype not in DTYPES:
             raise EvalError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        from vidiff.diffusion.samplers import SOLVER_SPACINGS, sampler_names
+
+        if self.sampler not in sampler_names():
+            raise EvalError(f"sampler must be one of {', '.join(sampler_names())}, got {self.sampler!r}")
+        if self.timestep_spacing is not None and self.timestep_spacing not in SOLVER_SPACINGS:
+            raise EvalError(f"timestep_spacing must be one of {', '.join(SOLVER_SPACINGS)}, got {self.timestep_spacing!r}")
         if self.dtype == "fp16" and not str(self.device).startswith("cuda"):
             raise EvalError("dtype fp16 needs a GPU (--device cuda); use bf16 or fp32 on the CPU")
 
@@ -681,6 +689,8 @@ def evaluate_model(
     guidance = float(pipe.resolve("guidance_scale", settings.guidance))
     rescale = float(pipe.resolve("guidance_rescale", settings.guidance_rescale))
     eta = float(pipe.resolve("eta", settings.eta))
+    spacing = pipe.resolve("timestep_spacing", settings.timestep_spacing)
+    pipe.check_sampler(settings.sampler, spacing)
     conditioning = _training_conditioning(index)
     stride_conditioned = conditioning == "frame_stride" or (image_to_video and pipe.fps_is_frame_stride)
     strides = [suite.stride_of(item, stride) for item in suite.items]
@@ -708,6 +718,7 @@ def evaluate_model(
                 negative_prompt=settings.negative_prompt, num_frames=frames, height=height, width=width,
                 num_inference_steps=steps, guidance_scale=guidance, guidance_rescale=rescale,
                 fps=fps_for(strides[batch[0]]), eta=eta, seed=suite.items[batch[0]].seed, progress=False,
+                sampler=settings.sampler, timestep_spacing=spacing,
             )
             if image_to_video:
                 out_frames = pipe([conditions[i] for i in batch], prompts,
@@ -740,7 +751,8 @@ def evaluate_model(
         "world_config_source": "given" if world is not None else (
             "model_index.json training config" if training_world is not None else "defaults"),
         "generation": {
-            "sampler": "ddim",
+            "sampler": settings.sampler,
+            "timestep_spacing": spacing,
             "num_inference_steps": steps,
             "guidance_scale": guidance,
             "guidance_rescale": rescale,
@@ -796,11 +808,14 @@ def _reproduce_command(
     parts = ["vidiff", "eval", "--model", str(folder.resolve()), *_suite_args(suite, stride, world_given)]
     parts += ["--frames", str(w.num_frames), "--height", str(w.height), "--width", str(w.width)]
     for flag, value in (("--steps", s.steps), ("--guidance", s.guidance), ("--guidance-rescale", s.guidance_rescale),
-                        ("--eta", s.eta), ("--fps", s.fps), ("--negative-prompt", s.negative_prompt)):
+                        ("--eta", s.eta), ("--fps", s.fps), ("--negative-prompt", s.negative_prompt),
+                        ("--timestep-spacing", s.timestep_spacing)):
         if value is not None:
             parts += [flag, str(value)]
     if image_to_video and s.image_guidance is not None:
         parts += ["--image-guidance", str(s.image_guidance)]
+    if s.sampler != "ddim":
+        parts += ["--sampler", s.sampler]
     parts += ["--batch-size", str(s.batch_size), "--dtype", s.dtype, *_metric_args(m)]
     if not save_videos:
         parts.append("--no-videos")

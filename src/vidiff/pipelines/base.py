@@ -205,6 +205,19 @@ class VideoDiffusionPipeline:
             warnings.warn(f"{num_frames} frames requested from a model trained on {trained}: frames past the trained "
                           "length are likely to lose their motion and content", UserWarning, stacklevel=3)
 
+    def check_sampler(self, sampler: str, spacing: str) -> None:
+        """Refuse an unknown sampler, or a spacing the sampler cannot use, with the names that would work."""
+        from ..diffusion.samplers import SOLVER_SPACINGS, sampler_names
+        from ..diffusion.sampling import SPACINGS
+
+        names = sampler_names()
+        if sampler not in names:
+            raise PipelineError(f"sampler must be one of {', '.join(names)}; got {sampler!r}")
+        allowed = SPACINGS if sampler in ("ddim", "ddpm") else SOLVER_SPACINGS
+        if spacing not in allowed:
+            raise PipelineError(f"timestep spacing {spacing!r} does not work with the {sampler} sampler; "
+                                f"use one of {', '.join(allowed)}")
+
     def initial_latents(
         self, batch: int, num_frames: int, height: int, width: int,
         latents: torch.Tensor | None, generator: torch.Generator | None,

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from ..diffusion.guidance import guided_denoiser, multi_condition_guidance, rescale_guidance, run_branches
-from ..diffusion.sampling import Denoiser, sample_ddim
+from ..diffusion.samplers import sample
+from ..diffusion.sampling import Denoiser
 from ..diffusion.schedule import NoiseSchedule
 from ..models.autoencoder import encode_video, latent_channels_of
 from ..models.tokenizer import OpenCLIPTokenizer
@@ -308,6 +309,7 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         generator: torch.Generator | None = None,
         seed: int | None = None,
         output_type: str = "np",
+        sampler: str = "ddim",
         timestep_spacing: str | None = None,
         latents: torch.Tensor | None = None,
         decode_chunk_size: int = 1,
@@ -334,6 +336,7 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         self.check_args(height, width, num_frames, steps, output_type, guidance_scale=scale, guidance_rescale=rescale,
                         eta=eta, image_guidance_scale=image_guidance_scale)
         self._check_i2v_args(num_frames, loop, last_image)
+        self.check_sampler(sampler, spacing)
         if isinstance(fps, bool) or not isinstance(fps, int) or fps < 0:
             raise PipelineError(f"fps must be a non-negative integer, got {fps!r}")
         generator = seeded_generator(generator, seed)
@@ -380,8 +383,8 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
             unet_model_fn(self.unet), cond, uncond, scale, image_guidance_scale=image_guidance_scale, no_text=no_text,
             guidance_rescale=rescale,
         )
-        z = sample_ddim(denoise, x_T, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,
-                        callback=callback, progress=progress)
+        z = sample(sampler, denoise, x_T, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,
+                   callback=callback, progress=progress)
         if loop:
             z = z[:, :, :-1]
         return self.finish(z, output_type, decode_chunk_size)

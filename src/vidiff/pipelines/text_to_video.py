@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion.guidance import guided_denoiser
-from ..diffusion.sampling import sample_ddim, sample_ddpm
+from ..diffusion.samplers import SAMPLER_NAMES, sample
 from ..diffusion.schedule import NoiseSchedule
 from ..models.tokenizer import OpenCLIPTokenizer
 from .base import (
@@ -25,11 +25,12 @@ from .base import (
 
 __all__ = ["OUTPUT_TYPES", "SAMPLERS", "PipelineError", "TextToVideoPipeline", "VideoPipelineOutput"]
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = SAMPLER_NAMES
 
 
 class TextToVideoPipeline(VideoDiffusionPipeline):
-    """Prompt → video: OpenCLIP text encoding, DDIM (or DDPM) sampling of the 3D U-Net with CFG, per-frame decoding."""
+    """Prompt → video: OpenCLIP text encoding, sampling of the 3D U-Net with CFG (DDIM or any registered sampler),
+    per-frame decoding."""
 
     def __init__(
         self,
@@ -100,8 +101,7 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         spacing = self.resolve("timestep_spacing", timestep_spacing)
         self.check_args(height, width, num_frames, steps, output_type, guidance_scale=scale, guidance_rescale=rescale,
                         eta=eta)
-        if sampler not in SAMPLERS:
-            raise PipelineError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        self.check_sampler(sampler, spacing)
         generator = seeded_generator(generator, seed)
         self.warn_unknown_words(prompts)
 
@@ -124,10 +124,6 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
             return self.unet(x.to(dtype), t, **kw).float()
 
         denoise = guided_denoiser(model, cond, uncond, scale, rescale)
-        if sampler == "ddim":
-            z = sample_ddim(denoise, x_T, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,
-                            callback=callback, progress=progress)
-        else:
-            z = sample_ddpm(denoise, x_T, self.schedule, generator=generator, callback=callback, progress=progress,
-                            num_steps=steps)
+        z = sample(sampler, denoise, x_T, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,
+                   callback=callback, progress=progress)
         return self.finish(z, output_type, decode_chunk_size)
