@@ -16,6 +16,7 @@ from .cli_common import (
     add_sampling_args,
     check_model_folder,
     check_runtime_args,
+    deep_cache_arg,
     describe_error,
     positive_int,
     probe_verdict,
@@ -99,6 +100,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, "t2i" if args.output.endswith(".png") else "t2v")
     check_model_folder(model)
     check_runtime_args(args)
+    deep_cache = deep_cache_arg(args)
     from .pipelines.text_to_video import TextToVideoPipeline
 
     start = time.time()
@@ -121,6 +123,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         sampler=args.sampler,
         timestep_spacing=args.timestep_spacing,
+        deep_cache=deep_cache,
     )
     write_outputs(out.frames, args, fps, start, "generated")
     verdict = probe_verdict(out.frames[0], args.prompt, model, fps)

@@ -12,6 +12,7 @@ from .cli_common import (
     add_sampling_args,
     check_model_folder,
     check_runtime_args,
+    deep_cache_arg,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.image, args.last_image):
         _check_image_path(path)
     check_runtime_args(args)
+    deep_cache = deep_cache_arg(args)
     from .pipelines.image_io import open_image
     from .pipelines.image_to_video import ImageToVideoPipeline
 
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         sampler=args.sampler,
         timestep_spacing=args.timestep_spacing,
+        deep_cache=deep_cache,
         progress=True,
     )
     playback = args.playback_fps

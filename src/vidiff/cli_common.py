@@ -132,6 +132,20 @@ def add_sampler_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--timestep-spacing", choices=SPACING_CHOICES,
                    help="timesteps to visit: the official uniform / uniform_trailing, or karras (solvers only; "
                         "default: the model's)")
+    p.add_argument("--deep-cache", type=positive_int, metavar="N",
+                   help="DeepCache: a full U-Net forward every N calls, the calls between reuse its deep features "
+                        "(default off)")
+    p.add_argument("--deep-cache-depth", type=positive_int, metavar="D",
+                   help="input blocks a cached call reruns (default 1, the shallowest branch)")
+
+
+def deep_cache_arg(args: argparse.Namespace) -> int | tuple[int, int] | None:
+    """The pipelines' ``deep_cache`` from --deep-cache / --deep-cache-depth (a depth alone is an error)."""
+    if args.deep_cache is None:
+        if args.deep_cache_depth is not None:
+            raise ValueError("--deep-cache-depth needs --deep-cache N")
+        return None
+    return (args.deep_cache, args.deep_cache_depth or 1)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, default_output: str) -> None:

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,8 @@ class GenerationSettings:
     fps: int | None = None
     sampler: str = "ddim"
     timestep_spacing: str | None = None
+    deep_cache: int | None = None
+    deep_cache_depth: int = 1
     batch_size: int = 1
     dtype: str = "fp32"
     device: str = "cpu"
@@ -711,6 +714,7 @@ def evaluate_model(
     batches = [b2 for b in batches for b2 in _split_by(b, lambda i: strides[i])]
     videos: list[np.ndarray | None] = [None] * len(suite)
     bar = tqdm(total=len(suite), desc="generating", unit="video", disable=not progress, file=sys.stderr)
+    started = time.perf_counter()
     try:
         for batch in batches:
             prompts = [suite.items[i].prompt for i in batch]
@@ -719,6 +723,7 @@ def evaluate_model(
                 num_inference_steps=steps, guidance_scale=guidance, guidance_rescale=rescale,
                 fps=fps_for(strides[batch[0]]), eta=eta, seed=suite.items[batch[0]].seed, progress=False,
                 sampler=settings.sampler, timestep_spacing=spacing,
+                deep_cache=None if settings.deep_cache is None else (settings.deep_cache, settings.deep_cache_depth),
             )
             if image_to_video:
                 out_frames = pipe([conditions[i] for i in batch], prompts,
@@ -730,6 +735,7 @@ def evaluate_model(
             bar.update(len(batch))
     finally:
         bar.close()
+    generation_seconds = time.perf_counter() - started
     if videos[0].shape[0] != frames:  # e.g. a pipeline that drops a frame; the world must describe what was made
         raise EvalError(f"the model returned {videos[0].shape[0]} frames, {frames} were asked for")
 
@@ -753,6 +759,8 @@ def evaluate_model(
         "generation": {
             "sampler": settings.sampler,
             "timestep_spacing": spacing,
+            "deep_cache": None if settings.deep_cache is None else {"interval": settings.deep_cache,
+                                                                     "depth": settings.deep_cache_depth},
             "num_inference_steps": steps,
             "guidance_scale": guidance,
             "guidance_rescale": rescale,
@@ -771,6 +779,7 @@ def evaluate_model(
             "dtype": settings.dtype,
             "device": str(settings.device),
             "conditioning_image": "the ground truth's first frame" if image_to_video else None,
+            "wall_seconds": round(generation_seconds, 3),  # sampling and decoding of every video
         },
         "reproduce": _reproduce_command(folder, suite, stride, settings, metrics, save_videos, image_to_video,
                                         world is not None),
@@ -816,6 +825,8 @@ def _reproduce_command(
         parts += ["--image-guidance", str(s.image_guidance)]
     if s.sampler != "ddim":
         parts += ["--sampler", s.sampler]
+    if s.deep_cache is not None:
+        parts += ["--deep-cache", str(s.deep_cache), "--deep-cache-depth", str(s.deep_cache_depth)]
     parts += ["--batch-size", str(s.batch_size), "--dtype", s.dtype, *_metric_args(m)]
     if not save_videos:
         parts.append("--no-videos")

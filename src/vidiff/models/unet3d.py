@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import TEXT_CONTEXT_LEN, SpatialTransformer, TemporalTransformer
+from .feature_cache import DeepCache
 from .resnet import Downsample, GroupNorm32, ResBlock, Upsample
 
 
@@ -212,7 +213,10 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         timestep: torch.Tensor | int,
         context: torch.Tensor | None = None,
         fps: torch.Tensor | int | None = None,
+        deep_cache: DeepCache | None = None,
     ) -> torch.Tensor:
+        """``deep_cache``: reuse the deep features of an earlier step (:class:`~vidiff.models.feature_cache.DeepCache`;
+        None runs the whole network)."""
         if sample.ndim != 5:
             raise ValueError(f"sample must be (batch, channels, frames, height, width), got shape {tuple(sample.shape)}")
         b, _, t, _, _ = sample.shape
@@ -235,16 +239,27 @@ class UNet3DModel(ModelMixin, ConfigMixin):
             context = context.to(dtype)
 
         h = rearrange(sample.contiguous(), "b c t h w -> (b t) c h w").to(dtype)
+        n_in = len(self.input_blocks)
+        reuse = deep_cache is not None and deep_cache.plan(n_in, (tuple(sample.shape), dtype))
+        # the output block that takes the skip of input block depth-1 is the first one a cached call runs
+        resume = n_in - deep_cache.depth if deep_cache is not None else None
         skips = []
-        for i, block in enumerate(self.input_blocks):
+        for i, block in enumerate(self.input_blocks[: deep_cache.depth] if reuse else self.input_blocks):
             h = self._run(block, h, emb, context, t)
             if i == 0 and self.config.addition_attention:
                 video_context = None if context is None else context[::t]
                 h = rearrange(self.init_attn(rearrange(h, "(b t) c h w -> b c t h w", t=t), video_context),
                               "b c t h w -> (b t) c h w")
             skips.append(h)
-        h = self._run(self.middle_block, h, emb, context, t)
-        for block in self.output_blocks:
+        if reuse:
+            h = deep_cache.feature
+        else:
+            h = self._run(self.middle_block, h, emb, context, t)
+        for j, block in enumerate(self.output_blocks):
+            if reuse and j < resume:
+                continue
+            if deep_cache is not None and not reuse and j == resume:
+                deep_cache.store(h)
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context, t)
         h = self.out(h).to(sample.dtype)
         return rearrange(h, "(b t) c h w -> b c t h w", t=t)

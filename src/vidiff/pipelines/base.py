@@ -218,6 +218,22 @@ class VideoDiffusionPipeline:
             raise PipelineError(f"timestep spacing {spacing!r} does not work with the {sampler} sampler; "
                                 f"use one of {', '.join(allowed)}")
 
+    def make_deep_cache(self, deep_cache: int | tuple[int, int] | None):
+        """A fresh :class:`~vidiff.models.feature_cache.DeepCache` for one run: ``interval`` or ``(interval, depth)``."""
+        from ..models.feature_cache import DeepCache
+
+        if deep_cache is None:
+            return None
+        interval, depth = (deep_cache, 1) if not isinstance(deep_cache, tuple | list) else tuple(deep_cache)
+        n_in = len(getattr(self.unet, "input_blocks", ()))
+        try:
+            cache = DeepCache(interval, depth)
+        except ValueError as e:
+            raise PipelineError(str(e)) from None
+        if n_in and depth >= n_in:
+            raise PipelineError(f"deep cache depth must be below the U-Net's {n_in} input blocks, got {depth}")
+        return cache
+
     def initial_latents(
         self, batch: int, num_frames: int, height: int, width: int,
         latents: torch.Tensor | None, generator: torch.Generator | None,

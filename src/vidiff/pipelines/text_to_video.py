@@ -84,12 +84,17 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         output_type: str = "np",
         sampler: str = "ddim",
         timestep_spacing: str | None = None,
+        deep_cache: int | tuple[int, int] | None = None,
         latents: torch.Tensor | None = None,
         decode_chunk_size: int = 1,
         progress: bool = True,
         callback: Callable | None = None,
     ) -> VideoPipelineOutput:
-        """Generate one video per prompt. Unset arguments take the model folder's defaults (the official scripts')."""
+        """Generate one video per prompt. Unset arguments take the model folder's defaults (the official scripts').
+
+        ``deep_cache`` (interval, or (interval, depth)) reuses the U-Net's deep features between steps (DeepCache;
+        None: off, exact).
+        """
         prompts = as_prompt_list(prompt, "prompt")
         num_frames, height, width = (self.resolve(k, v) for k, v in
                                      (("num_frames", num_frames), ("height", height), ("width", width)))
@@ -120,8 +125,11 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         cond = {"context": context, "fps": fps_tensor}
         uncond = {"context": uncond_context, "fps": fps_tensor} if uncond_context is not None else None
 
+        cache = self.make_deep_cache(deep_cache)
+        extra = {} if cache is None else {"deep_cache": cache}
+
         def model(x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
-            return self.unet(x.to(dtype), t, **kw).float()
+            return self.unet(x.to(dtype), t, **kw, **extra).float()
 
         denoise = guided_denoiser(model, cond, uncond, scale, rescale)
         z = sample(sampler, denoise, x_T, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,
