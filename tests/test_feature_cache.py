@@ -88,3 +88,37 @@ def test_cli_deep_cache_flags(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--deep-cache-depth needs --deep-cache" in err and "below the U-Net's 6 input blocks" in err
     assert "Traceback" not in err and not (tmp_path / "x.mp4").exists()
+
+
+def test_attention_broadcast_reuses_attention_only_inside_its_window(unet):
+    from vidiff.models.feature_cache import AttentionBroadcast
+
+    x, _, ctx = _inputs(0)
+    pab = AttentionBroadcast(spatial=2, temporal=4, cross=6, timestep_range=(100, 800))
+    with torch.no_grad():
+        diffs = []
+        for step in (900, 700, 650, 600, 550, 500, 50):
+            t = torch.tensor([step, step])
+            xs = x + 0.01 * step / 1000  # a new input every step, as in sampling
+            diffs.append((unet(xs, t, ctx, fps=8, attention_broadcast=pab) - unet(xs, t, ctx, fps=8)).abs().max().item())
+    # outside the window (900, 50) and at window step 0 (700) every attention computes: exact
+    assert diffs[0] == 0.0 and diffs[1] == 0.0 and diffs[-1] == 0.0
+    assert all(d > 1e-5 for d in diffs[2:-1])
+    # per call: 7 spatial self-, 7 cross-, 16 temporal attentions (8 temporal transformers x 2)
+    assert pab.reused == {"spatial": 7 * 2, "temporal": 16 * 3, "cross": 7 * 4}
+    assert pab.computed["temporal"] == 16 * 4  # 900, 700, 500 (window step 4), 50
+    # the modules are left as they were
+    assert all("forward" not in vars(m) for m in unet.modules())
+    with pytest.raises(ValueError, match="interval"):
+        AttentionBroadcast(spatial=0)
+
+
+def test_pipeline_attention_broadcast_is_exact_off_and_close_on():
+    from vidiff.pipelines.text_to_video import TextToVideoPipeline
+
+    pipe = TextToVideoPipeline.from_pretrained(EMBEDDED_MODELS / "shapes_t2v")
+    kw = dict(num_frames=8, num_inference_steps=12, seed=0, output_type="latent", progress=False)
+    ref = pipe("a red circle moving left", **kw).frames
+    assert torch.equal(pipe("a red circle moving left", attention_broadcast=False, **kw).frames, ref)
+    on = pipe("a red circle moving left", attention_broadcast=True, **kw).frames
+    assert 1e-4 < ((on - ref).norm() / ref.norm()).item() < 0.3

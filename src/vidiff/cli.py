@@ -124,6 +124,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         timestep_spacing=args.timestep_spacing,
         deep_cache=deep_cache,
+        attention_broadcast=args.attention_broadcast,
     )
     write_outputs(out.frames, args, fps, start, "generated")
     verdict = probe_verdict(out.frames[0], args.prompt, model, fps)

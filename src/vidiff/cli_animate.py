@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         timestep_spacing=args.timestep_spacing,
         deep_cache=deep_cache,
+        attention_broadcast=args.attention_broadcast,
         progress=True,
     )
     playback = args.playback_fps

@@ -137,6 +137,9 @@ def add_sampler_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                         "(default off)")
     p.add_argument("--deep-cache-depth", type=positive_int, metavar="D",
                    help="input blocks a cached call reruns (default 1, the shallowest branch)")
+    p.add_argument("--attention-broadcast", action="store_true",
+                   help="pyramid attention broadcast: between t=100 and 800 reuse spatial attention for 2 steps, "
+                        "temporal for 4, cross-attention for 6 (default off)")
 
 
 def deep_cache_arg(args: argparse.Namespace) -> int | tuple[int, int] | None:

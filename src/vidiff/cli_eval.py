@@ -25,8 +25,8 @@ from .cli_common import (
 DEFAULT_SUITE = "seen,heldout"
 # Options that only make sense when vidiff generates the videos itself.
 _GENERATION_ONLY = ("steps", "guidance", "guidance_rescale", "image_guidance", "eta", "sampler", "timestep_spacing",
-                    "deep_cache", "deep_cache_depth", "negative_prompt", "frames", "height", "width", "fps", "suite", "per_triple", "max_triples",
-                    "per_prompt")
+                    "deep_cache", "deep_cache_depth", "attention_broadcast", "negative_prompt", "frames", "height",
+                    "width", "fps", "suite", "per_triple", "max_triples", "per_prompt")
 # Of those, the ones about sampling itself (the suite options also select what --autoencoder round-trips).
 _SAMPLING_ONLY = tuple(n for n in _GENERATION_ONLY if n not in ("suite", "per_triple", "max_triples", "per_prompt"))
 _SOURCES = ("model", "videos", "autoencoder")
@@ -73,6 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--timestep-spacing", choices=SPACING_CHOICES, help="uniform, uniform_trailing or karras")
     g.add_argument("--deep-cache", type=int, metavar="N", help="DeepCache interval (default off)")
     g.add_argument("--deep-cache-depth", type=int, metavar="D", help="DeepCache depth (default 1)")
+    g.add_argument("--attention-broadcast", action="store_true", default=None,
+                   help="pyramid attention broadcast (default off)")
     g.add_argument("--negative-prompt")
     g.add_argument("--frames", type=int, help="frames per clip")
     g.add_argument("--height", type=int)
@@ -211,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
             image_guidance=args.image_guidance, eta=args.eta, sampler=args.sampler or "ddim",
             timestep_spacing=args.timestep_spacing, deep_cache=args.deep_cache,
-            deep_cache_depth=args.deep_cache_depth or 1, negative_prompt=args.negative_prompt,
+            deep_cache_depth=args.deep_cache_depth or 1, attention_broadcast=bool(args.attention_broadcast),
+            negative_prompt=args.negative_prompt,
             frames=args.frames, height=args.height, width=args.width, fps=args.fps, batch_size=batch_size,
             dtype=args.dtype or "fp32", device=args.device,
         )

@@ -97,6 +97,7 @@ class GenerationSettings:
     timestep_spacing: str | None = None
     deep_cache: int | None = None
     deep_cache_depth: int = 1
+    attention_broadcast: bool = False
     batch_size: int = 1
     dtype: str = "fp32"
     device: str = "cpu"
@@ -724,6 +725,7 @@ def evaluate_model(
                 fps=fps_for(strides[batch[0]]), eta=eta, seed=suite.items[batch[0]].seed, progress=False,
                 sampler=settings.sampler, timestep_spacing=spacing,
                 deep_cache=None if settings.deep_cache is None else (settings.deep_cache, settings.deep_cache_depth),
+                attention_broadcast=settings.attention_broadcast,
             )
             if image_to_video:
                 out_frames = pipe([conditions[i] for i in batch], prompts,
@@ -761,6 +763,7 @@ def evaluate_model(
             "timestep_spacing": spacing,
             "deep_cache": None if settings.deep_cache is None else {"interval": settings.deep_cache,
                                                                      "depth": settings.deep_cache_depth},
+            "attention_broadcast": settings.attention_broadcast,
             "num_inference_steps": steps,
             "guidance_scale": guidance,
             "guidance_rescale": rescale,
@@ -827,6 +830,8 @@ def _reproduce_command(
         parts += ["--sampler", s.sampler]
     if s.deep_cache is not None:
         parts += ["--deep-cache", str(s.deep_cache), "--deep-cache-depth", str(s.deep_cache_depth)]
+    if s.attention_broadcast:
+        parts.append("--attention-broadcast")
     parts += ["--batch-size", str(s.batch_size), "--dtype", s.dtype, *_metric_args(m)]
     if not save_videos:
         parts.append("--no-videos")

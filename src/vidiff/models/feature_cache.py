@@ -51,3 +51,87 @@ class DeepCache:
 
     def store(self, feature: torch.Tensor) -> None:
         self.feature = feature
+
+
+class AttentionBroadcast:
+    """Pyramid attention broadcast (Zhao et al. 2024, PAB): in the stable middle of the trajectory, attention outputs
+    are computed every few steps and reused in between — temporal attention least often, spatial self-attention more,
+    cross-attention (the text) every ``cross`` steps.
+
+    A U-Net call inside ``timestep_range`` (inclusive, in training timesteps) counts as one step of the window; at step
+    k of the window an attention layer of a kind with interval n recomputes when k % n == 0 and otherwise returns its
+    output of the last computed step. Outside the window every layer computes. An interval of 1 (or None) never
+    reuses. One object serves one sampling run (calls must come in sampling order; :meth:`reset` starts over).
+    """
+
+    KINDS = ("spatial", "temporal", "cross")
+
+    def __init__(self, spatial: int | None = 2, temporal: int | None = 4, cross: int | None = 6,
+                 timestep_range: tuple[int, int] = (100, 800)):
+        self.intervals = {}
+        for kind, value in zip(self.KINDS, (spatial, temporal, cross)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"AttentionBroadcast {kind} interval must be a positive int or None, got {value!r}")
+            self.intervals[kind] = value or 1
+        lo, hi = timestep_range
+        if not 0 <= lo <= hi:
+            raise ValueError(f"timestep_range must be (low, high) with 0 <= low <= high, got {timestep_range!r}")
+        self.timestep_range = (int(lo), int(hi))
+        self.reset()
+
+    def reset(self) -> None:
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._window_step = -1
+        self.computed = dict.fromkeys(self.KINDS, 0)
+        self.reused = dict.fromkeys(self.KINDS, 0)
+
+    def _layers(self, unet: torch.nn.Module):
+        from .attention import SpatialTransformer, TemporalTransformer
+
+        for name, module in unet.named_modules():
+            if isinstance(module, SpatialTransformer):
+                for i, block in enumerate(module.transformer_blocks):
+                    yield f"{name}.{i}.attn1", "spatial", block.attn1
+                    if not block.self_attention_only:
+                        yield f"{name}.{i}.attn2", "cross", block.attn2
+            elif isinstance(module, TemporalTransformer):
+                for i, block in enumerate(module.transformer_blocks):
+                    yield f"{name}.{i}.attn1", "temporal", block.attn1
+                    yield f"{name}.{i}.attn2", "temporal", block.attn2
+
+    def during(self, unet: torch.nn.Module, timestep: torch.Tensor):
+        """Context manager for one U-Net call at ``timestep`` (all rows of a batch share the sampling step)."""
+        import contextlib
+
+        t = int(torch.as_tensor(timestep).reshape(-1)[0])
+        lo, hi = self.timestep_range
+        inside = lo <= t <= hi
+        if inside:
+            self._window_step += 1
+        step = self._window_step
+
+        @contextlib.contextmanager
+        def applied():
+            patched = []
+            for name, kind, attn in self._layers(unet):
+                reuse = inside and step % self.intervals[kind] != 0
+
+                def forward(x, context=None, _orig=attn.forward, _name=name, _kind=kind, _reuse=reuse):
+                    stored = self._outputs.get(_name)
+                    if _reuse and stored is not None and stored.shape == x.shape[:-1] + stored.shape[-1:]:
+                        self.reused[_kind] += 1
+                        return stored
+                    out = _orig(x, context)
+                    self._outputs[_name] = out
+                    self.computed[_kind] += 1
+                    return out
+
+                attn.forward = forward
+                patched.append(attn)
+            try:
+                yield
+            finally:
+                for attn in patched:
+                    del attn.forward  # back to the class's forward
+
+        return applied()

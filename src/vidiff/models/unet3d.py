@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import TEXT_CONTEXT_LEN, SpatialTransformer, TemporalTransformer
-from .feature_cache import DeepCache
+from .feature_cache import AttentionBroadcast, DeepCache
 from .resnet import Downsample, GroupNorm32, ResBlock, Upsample
 
 
@@ -214,9 +214,13 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         context: torch.Tensor | None = None,
         fps: torch.Tensor | int | None = None,
         deep_cache: DeepCache | None = None,
+        attention_broadcast: AttentionBroadcast | None = None,
     ) -> torch.Tensor:
-        """``deep_cache``: reuse the deep features of an earlier step (:class:`~vidiff.models.feature_cache.DeepCache`;
-        None runs the whole network)."""
+        """``deep_cache`` reuses the deep features of an earlier step, ``attention_broadcast`` the attention outputs
+        (:mod:`vidiff.models.feature_cache`); None (default) runs the whole network."""
+        if attention_broadcast is not None:
+            with attention_broadcast.during(self, timestep):
+                return self.forward(sample, timestep, context, fps, deep_cache)
         if sample.ndim != 5:
             raise ValueError(f"sample must be (batch, channels, frames, height, width), got shape {tuple(sample.shape)}")
         b, _, t, _, _ = sample.shape

@@ -234,6 +234,30 @@ class VideoDiffusionPipeline:
             raise PipelineError(f"deep cache depth must be below the U-Net's {n_in} input blocks, got {depth}")
         return cache
 
+    def make_attention_broadcast(self, attention_broadcast):
+        """A fresh :class:`~vidiff.models.feature_cache.AttentionBroadcast` for one run (True: the PAB defaults)."""
+        from ..models.feature_cache import AttentionBroadcast
+
+        if attention_broadcast is None or attention_broadcast is False:
+            return None
+        if attention_broadcast is True:
+            return AttentionBroadcast()
+        if isinstance(attention_broadcast, AttentionBroadcast):
+            attention_broadcast.reset()
+            return attention_broadcast
+        raise PipelineError(f"attention_broadcast must be a bool or an AttentionBroadcast, got {attention_broadcast!r}")
+
+    def feature_reuse_kwargs(self, deep_cache, attention_broadcast) -> dict:
+        """The U-Net keyword arguments of the requested feature reuse (empty when off, so the call is unchanged)."""
+        extra = {}
+        cache = self.make_deep_cache(deep_cache)
+        if cache is not None:
+            extra["deep_cache"] = cache
+        broadcast = self.make_attention_broadcast(attention_broadcast)
+        if broadcast is not None:
+            extra["attention_broadcast"] = broadcast
+        return extra
+
     def initial_latents(
         self, batch: int, num_frames: int, height: int, width: int,
         latents: torch.Tensor | None, generator: torch.Generator | None,

@@ -28,7 +28,7 @@ from ..diffusion.samplers import sample
 from ..diffusion.sampling import Denoiser
 from ..diffusion.schedule import NoiseSchedule
 from ..models.autoencoder import encode_video, latent_channels_of
-from ..models.feature_cache import DeepCache
+from ..models.feature_cache import AttentionBroadcast
 from ..models.tokenizer import OpenCLIPTokenizer
 from .base import (
     PipelineError,
@@ -58,11 +58,11 @@ FRAME_STRIDE_FAMILIES = ("dc_256",)  # their fps/fs input is a frame stride, not
 # per-step model call and guidance (shared with the fixture tests)
 
 
-def unet_model_fn(unet: torch.nn.Module, deep_cache: DeepCache | None = None) -> Callable[..., torch.Tensor]:
+def unet_model_fn(unet: torch.nn.Module, reuse: dict[str, Any] | None = None) -> Callable[..., torch.Tensor]:
     """``model(x, t, context, fps, c_concat=None)`` around a U-Net, in the U-Net's dtype, returning float32.
 
     DynamiCrafter is a "hybrid" model: the image latent ``c_concat`` is concatenated after the noisy latent on channels.
-    ``deep_cache`` is passed to every U-Net call (feature reuse across steps).
+    ``reuse`` (``deep_cache`` / ``attention_broadcast``) is passed to every U-Net call (feature reuse across steps).
     """
     dtype = next(unet.parameters()).dtype
 
@@ -72,8 +72,7 @@ def unet_model_fn(unet: torch.nn.Module, deep_cache: DeepCache | None = None) ->
     ) -> torch.Tensor:
         if c_concat is not None:
             x = torch.cat([x, c_concat.to(device=x.device, dtype=x.dtype)], dim=1)
-        extra = {} if deep_cache is None else {"deep_cache": deep_cache}
-        return unet(x.to(dtype), t, context=context.to(dtype), fps=fps, **extra).float()
+        return unet(x.to(dtype), t, context=context.to(dtype), fps=fps, **(reuse or {})).float()
 
     return model
 
@@ -315,6 +314,7 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         sampler: str = "ddim",
         timestep_spacing: str | None = None,
         deep_cache: int | tuple[int, int] | None = None,
+        attention_broadcast: bool | AttentionBroadcast = False,
         latents: torch.Tensor | None = None,
         decode_chunk_size: int = 1,
         progress: bool = True,
@@ -325,7 +325,8 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         ``last_image`` interpolates towards a second image; ``loop`` makes the video return to the first image (the
         duplicated closing frame is dropped, so a loop has ``num_frames − 1`` frames). ``image_guidance_scale`` enables
         DynamiCrafter's multi-condition guidance (None: ordinary CFG). ``deep_cache`` (interval, or (interval, depth))
-        reuses the U-Net's deep features between steps (DeepCache; None: off, exact). Random draws come from ``generator`` (or a CPU
+        reuses the U-Net's deep features between steps (DeepCache; None: off, exact); ``attention_broadcast`` reuses
+        attention outputs in the middle of the trajectory (PAB; False: off, exact). Random draws come from ``generator`` (or a CPU
         generator seeded with ``seed``) in this order: initial noise, image-latent posterior noise, per-step noise.
         """
         num_frames = self.resolve("num_frames", num_frames)
@@ -385,7 +386,7 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         uncond = {"context": uncond_context, "fps": fps_tensor, **extra} if guided else None
         no_text = {"context": no_text_context, "fps": fps_tensor, **extra} if no_text_context is not None else None
         denoise = image_guided_denoiser(
-            unet_model_fn(self.unet, self.make_deep_cache(deep_cache)), cond, uncond, scale, image_guidance_scale=image_guidance_scale, no_text=no_text,
+            unet_model_fn(self.unet, self.feature_reuse_kwargs(deep_cache, attention_broadcast)), cond, uncond, scale, image_guidance_scale=image_guidance_scale, no_text=no_text,
             guidance_rescale=rescale,
         )
         z = sample(sampler, denoise, x_T, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,

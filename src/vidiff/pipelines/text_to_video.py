@@ -11,6 +11,7 @@ import torch
 from ..diffusion.guidance import guided_denoiser
 from ..diffusion.samplers import SAMPLER_NAMES, sample
 from ..diffusion.schedule import NoiseSchedule
+from ..models.feature_cache import AttentionBroadcast
 from ..models.tokenizer import OpenCLIPTokenizer
 from .base import (
     OUTPUT_TYPES,
@@ -85,6 +86,7 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         sampler: str = "ddim",
         timestep_spacing: str | None = None,
         deep_cache: int | tuple[int, int] | None = None,
+        attention_broadcast: bool | AttentionBroadcast = False,
         latents: torch.Tensor | None = None,
         decode_chunk_size: int = 1,
         progress: bool = True,
@@ -93,7 +95,8 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         """Generate one video per prompt. Unset arguments take the model folder's defaults (the official scripts').
 
         ``deep_cache`` (interval, or (interval, depth)) reuses the U-Net's deep features between steps (DeepCache;
-        None: off, exact).
+        None: off, exact); ``attention_broadcast`` (True, or an :class:`AttentionBroadcast`) reuses attention outputs
+        in the middle of the trajectory (PAB; False: off, exact).
         """
         prompts = as_prompt_list(prompt, "prompt")
         num_frames, height, width = (self.resolve(k, v) for k, v in
@@ -125,8 +128,7 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         cond = {"context": context, "fps": fps_tensor}
         uncond = {"context": uncond_context, "fps": fps_tensor} if uncond_context is not None else None
 
-        cache = self.make_deep_cache(deep_cache)
-        extra = {} if cache is None else {"deep_cache": cache}
+        extra = self.feature_reuse_kwargs(deep_cache, attention_broadcast)
 
         def model(x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
             return self.unet(x.to(dtype), t, **kw, **extra).float()
