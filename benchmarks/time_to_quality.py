@@ -20,18 +20,31 @@ from pathlib import Path
 DEFAULT_RUNS = ("ddim:50,ddim:25,euler:10,dpmpp_2m:5,dpmpp_2m:10,dpmpp_2m:15,dpmpp_3m:10,unipc:5,unipc:10,unipc:15,"
                 "heun:5,dpmpp_2m_sde:15")
 PROBES = ("colour", "shape", "motion", "consistency")
+I2V_PROBES = ("first_frame", "identity")  # added when the model animates an image
 
 
-def parse_runs(text: str) -> list[tuple[str, int]]:
+def parse_runs(text: str) -> list[dict]:
+    """``SAMPLER:STEPS[:dcN[/D]][:pab]`` per run: dcN is DeepCache every N calls (depth D, default 1), pab the
+    pyramid attention broadcast."""
     from vidiff.diffusion.samplers import sampler_names
 
     runs = []
     for part in text.split(","):
-        name, _, steps = part.strip().partition(":")
-        if name not in sampler_names() or not steps.isdigit() or int(steps) < 1:
-            raise SystemExit(f"time_to_quality: bad run {part!r}; expected SAMPLER:STEPS with SAMPLER one of "
-                             f"{', '.join(sampler_names())}")
-        runs.append((name, int(steps)))
+        name, steps, *extras = part.strip().split(":")
+        run = {"label": part.strip(), "sampler": name, "steps": int(steps) if steps.isdigit() else 0,
+               "deep_cache": None, "deep_cache_depth": 1, "attention_broadcast": False}
+        for extra in extras:
+            if extra == "pab":
+                run["attention_broadcast"] = True
+            elif extra.startswith("dc") and all(v.isdigit() for v in extra[2:].split("/")):
+                interval, _, depth = extra[2:].partition("/")
+                run["deep_cache"], run["deep_cache_depth"] = int(interval), int(depth or 1)
+            else:
+                run["steps"] = 0
+        if name not in sampler_names() or run["steps"] < 1:
+            raise SystemExit(f"time_to_quality: bad run {part!r}; expected SAMPLER:STEPS[:dcN[/D]][:pab] with "
+                             f"SAMPLER one of {', '.join(sampler_names())}")
+        runs.append(run)
     return runs
 
 
@@ -60,28 +73,36 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     suite = canonical_suite(args.split, per_triple=1, seed=0, max_triples=args.max_triples)
     rows = []
-    for name, steps in runs:
-        settings = GenerationSettings(sampler=name, steps=steps, timestep_spacing=args.spacing)
-        result = evaluate_model(model, suite, out / f"{name}_{steps}", generation=settings,
+    for run in runs:
+        name, steps = run["sampler"], run["steps"]
+        settings = GenerationSettings(sampler=name, steps=steps, timestep_spacing=args.spacing,
+                                      deep_cache=run["deep_cache"], deep_cache_depth=run["deep_cache_depth"],
+                                      attention_broadcast=run["attention_broadcast"])
+        result = evaluate_model(model, suite, out / run["label"].replace(":", "_").replace("/", "-"),
+                                generation=settings,
                                 metrics=MetricSettings(fvd_shapes=True), save_videos=False, overwrite=True,
                                 progress=False)
         generation = result.report["protocol"]["generation"]["wall_seconds"]
         split = result.report["splits"][args.split]
         fvd = result.report["metrics"][args.split].get("fvd_shapes", {}).get("value")
-        row = {"sampler": name, "steps": steps, "seconds": generation,
-               **{k: split["accuracy"].get(k) for k in PROBES}, "fvd_shapes": fvd}
+        probes = PROBES + tuple(k for k in I2V_PROBES if k in split["accuracy"])
+        row = {"run": run["label"], "sampler": name, "steps": steps, "seconds": generation,
+               "reuse": run["label"].split(":", 2)[2] if run["label"].count(":") > 1 else "",
+               **{k: split["accuracy"].get(k) for k in probes}, "fvd_shapes": fvd}
         rows.append(row)
-        print(f"{name}:{steps}: {generation:.1f} s, " + ", ".join(
-            f"{k} {row[k]:.3f}" for k in PROBES if row[k] is not None) + f", FVD-shapes {fvd:.1f}", flush=True)
+        print(f"{run['label']}: {generation:.1f} s, " + ", ".join(
+            f"{k} {row[k]:.3f}" for k in probes if row[k] is not None) + f", FVD-shapes {fvd:.1f}", flush=True)
 
-    ref = next((r for r in rows if (r["sampler"], r["steps"]) == ("ddim", 50)), rows[0])
+    ref = next((r for r in rows if r["run"] == "ddim:50"), rows[0])
+    probes = PROBES + tuple(k for k in I2V_PROBES if k in rows[0])
     for r in rows:
         r["speedup_vs_reference"] = ref["seconds"] / r["seconds"]
-    header = ["sampler", "steps", "seconds", "× vs " + f"{ref['sampler']}-{ref['steps']}", *PROBES, "FVD-shapes"]
+    header = ["sampler", "steps", "reuse", "seconds", f"× vs {ref['run']}", *probes, "FVD-shapes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["sampler"], str(r["steps"]), f"{r['seconds']:.1f}", f"{r['speedup_vs_reference']:.2f}"]
-        cells += ["–" if r[k] is None else f"{100 * r[k]:.1f}" for k in PROBES]
+        cells = [r["sampler"], str(r["steps"]), r["reuse"] or "–", f"{r['seconds']:.1f}",
+                 f"{r['speedup_vs_reference']:.2f}"]
+        cells += ["–" if r[k] is None else f"{100 * r[k]:.1f}" for k in probes]
         cells.append("–" if r["fvd_shapes"] is None else f"{r['fvd_shapes']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
@@ -100,6 +121,10 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34)]
 
 
+def _series(row: dict) -> str:
+    return row["sampler"] + (f" {row['reuse']}" if row["reuse"] else "")
+
+
 def _plot(rows: list[dict], path: Path) -> None:
     """Two panels drawn with Pillow: mean probe accuracy and FVD-shapes against wall time, one colour per sampler."""
     from PIL import Image, ImageDraw, ImageFont
@@ -107,7 +132,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     W, H, pad = 1100, 460, 60
     img = Image.new("RGB", (W, H), "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()
-    samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    samplers = list(dict.fromkeys(_series(r) for r in rows))
     xmax = max(r["seconds"] for r in rows) * 1.05
     panels = [("mean probe accuracy", lambda r: sum(r[k] or 0 for k in PROBES) / len(PROBES)),
               ("FVD-shapes (lower is better)", lambda r: r["fvd_shapes"] or 0.0)]
@@ -124,7 +149,7 @@ def _plot(rows: list[dict], path: Path) -> None:
             draw.text((x0 + (x1 - x0) * j / 4 - 8, y1 + 6), f"{xmax * j / 4:.0f}", fill="black", font=font)
         for c, name in enumerate(samplers):
             colour = COLOURS[c % len(COLOURS)]
-            mine = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["seconds"])
+            mine = sorted((r for r in rows if _series(r) == name), key=lambda r: r["seconds"])
             pts = [(x0 + r["seconds"] / xmax * (x1 - x0), y1 - (value(r) - lo) / (hi - lo) * (y1 - y0)) for r in mine]
             if len(pts) > 1:
                 draw.line(pts, fill=colour, width=2)

@@ -50,6 +50,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                                    "the text-to-image one for -o *.png)")
     add_sampling_args(p, "outputs/video.mp4")
     p.add_argument("--fps", type=positive_int, help="fps conditioning and playback rate (default: the model's)")
+    p.add_argument("--window", type=positive_int, metavar="N",
+                   help="long videos: co-denoise overlapping windows of N frames (the model's trained length) when "
+                        "--frames is larger, each frame fused over its windows")
+    p.add_argument("--window-stride", type=positive_int, metavar="S", help="frames between windows (default N/4)")
+    p.add_argument("--no-noise-rescheduling", action="store_true",
+                   help="with --window: fresh noise for every frame instead of FreeNoise's shuffled repeats")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +107,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_model_folder(model)
     check_runtime_args(args)
     deep_cache = deep_cache_arg(args)
+    if args.window is None and (args.window_stride is not None or args.no_noise_rescheduling):
+        raise ValueError("--window-stride and --no-noise-rescheduling need --window N")
+    if args.window is not None and args.window_stride is not None and args.window_stride > args.window:
+        raise ValueError(f"--window-stride ({args.window_stride}) must not exceed --window ({args.window})")
     from .pipelines.text_to_video import TextToVideoPipeline
 
     start = time.time()
@@ -125,6 +135,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         timestep_spacing=args.timestep_spacing,
         deep_cache=deep_cache,
         attention_broadcast=args.attention_broadcast,
+        window=args.window,
+        window_stride=args.window_stride,
+        noise_rescheduling=not args.no_noise_rescheduling,
     )
     write_outputs(out.frames, args, fps, start, "generated")
     verdict = probe_verdict(out.frames[0], args.prompt, model, fps)

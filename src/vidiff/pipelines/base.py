@@ -218,6 +218,27 @@ class VideoDiffusionPipeline:
             raise PipelineError(f"timestep spacing {spacing!r} does not work with the {sampler} sampler; "
                                 f"use one of {', '.join(allowed)}")
 
+    def check_window(self, num_frames: int, window: int | None, stride: int | None, deep_cache=None,
+                     attention_broadcast=False) -> bool:
+        """Validate the long-video window options; True when ``num_frames`` needs windows."""
+        if window is None:
+            if stride is not None:
+                raise PipelineError("window_stride needs window (the frames per co-denoised window)")
+            return False
+        _positive_int(window, "window")
+        if stride is not None:
+            _positive_int(stride, "window_stride")
+            if stride > window:
+                raise PipelineError(f"window_stride ({stride}) must not exceed window ({window}), or frames are skipped")
+        length = self.unet.config.get("temporal_length") if self.unet.config.get("temporal_position_embedding") else None
+        if length and window > length:
+            raise PipelineError(f"window ({window}) exceeds the {length} frame positions this U-Net has")
+        windowed = isinstance(num_frames, int) and num_frames > window
+        if windowed and (deep_cache is not None or attention_broadcast not in (None, False)):
+            raise PipelineError("deep_cache and attention_broadcast reuse one window's features for the next; they "
+                                "cannot be combined with window yet")
+        return windowed
+
     def make_deep_cache(self, deep_cache: int | tuple[int, int] | None):
         """A fresh :class:`~vidiff.models.feature_cache.DeepCache` for one run: ``interval`` or ``(interval, depth)``."""
         from ..models.feature_cache import DeepCache

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion.guidance import guided_denoiser
+from ..diffusion.long_video import reschedule_noise, windowed_denoiser
 from ..diffusion.samplers import SAMPLER_NAMES, sample
 from ..diffusion.schedule import NoiseSchedule
 from ..models.feature_cache import AttentionBroadcast
@@ -18,6 +19,7 @@ from .base import (
     PipelineError,
     VideoDiffusionPipeline,
     VideoPipelineOutput,
+    _positive_int,
     as_prompt_list,
     load_component,
     read_model_index,
@@ -87,6 +89,9 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         timestep_spacing: str | None = None,
         deep_cache: int | tuple[int, int] | None = None,
         attention_broadcast: bool | AttentionBroadcast = False,
+        window: int | None = None,
+        window_stride: int | None = None,
+        noise_rescheduling: bool = True,
         latents: torch.Tensor | None = None,
         decode_chunk_size: int = 1,
         progress: bool = True,
@@ -97,6 +102,10 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         ``deep_cache`` (interval, or (interval, depth)) reuses the U-Net's deep features between steps (DeepCache;
         None: off, exact); ``attention_broadcast`` (True, or an :class:`AttentionBroadcast`) reuses attention outputs
         in the middle of the trajectory (PAB; False: off, exact).
+
+        ``window`` generates ``num_frames`` > window frames by co-denoising overlapping windows of that many frames,
+        ``window_stride`` apart (default window // 4), each frame's prediction fused over its windows (Gen-L-Video),
+        from noise rescheduled as FreeNoise does (``noise_rescheduling``); up to ``window`` frames nothing changes.
         """
         prompts = as_prompt_list(prompt, "prompt")
         num_frames, height, width = (self.resolve(k, v) for k, v in
@@ -107,8 +116,10 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         fps = self.resolve("fps", fps)
         eta = float(self.resolve("eta", eta))
         spacing = self.resolve("timestep_spacing", timestep_spacing)
-        self.check_args(height, width, num_frames, steps, output_type, guidance_scale=scale, guidance_rescale=rescale,
-                        eta=eta)
+        windowed = self.check_window(num_frames, window, window_stride, deep_cache, attention_broadcast)
+        self.check_args(height, width, window if windowed else num_frames, steps, output_type, guidance_scale=scale,
+                        guidance_rescale=rescale, eta=eta)
+        _positive_int(num_frames, "num_frames")
         self.check_sampler(sampler, spacing)
         generator = seeded_generator(generator, seed)
         self.warn_unknown_words(prompts)
@@ -123,6 +134,9 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         context = self.encode_prompt(prompts).to(dtype)
         uncond_context = self.encode_prompt(negatives).to(dtype) if scale != 1.0 else None
         x_T = self.initial_latents(b, num_frames, height, width, latents, generator)
+        stride = window_stride or max(window // 4, 1) if windowed else None
+        if windowed and noise_rescheduling and latents is None:
+            x_T = reschedule_noise(x_T, window, stride, generator)
 
         fps_tensor = torch.full((b,), int(fps), dtype=torch.long, device=self.device)
         cond = {"context": context, "fps": fps_tensor}
@@ -134,6 +148,8 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
             return self.unet(x.to(dtype), t, **kw, **extra).float()
 
         denoise = guided_denoiser(model, cond, uncond, scale, rescale)
+        if windowed:
+            denoise = windowed_denoiser(denoise, window, stride)
         z = sample(sampler, denoise, x_T, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,
                    callback=callback, progress=progress)
         return self.finish(z, output_type, decode_chunk_size)
