@@ -90,3 +90,34 @@ def test_cli_long_video(tmp_path, capsys):
                      "-o", str(tmp_path / "y.mp4")]) != 0
     err = capsys.readouterr().err
     assert "need --window N" in err and "must not exceed --window (8)" in err and "Traceback" not in err
+
+
+def test_image_to_video_extends_autoregressively_from_each_last_frame():
+    from vidiff.pipelines.base import PipelineError
+    from vidiff.pipelines.image_to_video import ImageToVideoPipeline
+
+    pipe = ImageToVideoPipeline.from_pretrained(EMBEDDED_MODELS / "shapes_i2v")
+    image = str(EMBEDDED_MODELS.parent / "examples" / "red_circle.png")
+    kw = dict(num_inference_steps=3, seed=0, progress=False, sampler="dpmpp_2m", output_type="pt")
+    plain = pipe(image, "a red circle moving right", **kw)
+    assert plain.seam_psnr is None
+    same = pipe(image, "a red circle moving right", window=16, **kw)
+    assert torch.equal(same.frames, plain.frames)  # within one window: the plain path
+    long = pipe(image, "a red circle moving right", num_frames=40, window=16, **kw)
+    assert long.frames.shape[2] == 40 and long.latents.shape[2] == 40
+    # the first clip is the plain clip (same generator stream); the next ones continue from its last frame
+    assert torch.equal(long.frames[:, :, :16], plain.frames)
+    assert long.seam_psnr.shape == (1, 2) and (long.seam_psnr > 20).all()
+    with pytest.raises(PipelineError, match="cannot be combined with loop"):
+        pipe(image, "a red circle", num_frames=40, window=16, loop=True, **kw)
+
+
+def test_cli_animate_long_video_reports_its_seams(tmp_path, capsys):
+    out = tmp_path / "long.mp4"
+    image = str(EMBEDDED_MODELS.parent / "examples" / "red_circle.png")
+    assert cli_main(["animate", image, "a red circle moving right", "--frames", "24", "--window", "16", "--steps",
+                     "3", "--sampler", "dpmpp_2m", "--threads", "1", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "seams: each clip's first frame against the frame it continues:" in printed and " dB" in printed
+    assert cli_main(["animate", image, "x", "--window", "1", "-o", str(tmp_path / "x.mp4")]) != 0
+    assert "at least 2 frames" in capsys.readouterr().err

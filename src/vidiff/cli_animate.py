@@ -16,6 +16,7 @@ from .cli_common import (
     non_negative_float,
     non_negative_int,
     positive_float,
+    positive_int,
     probe_verdict,
     resolve_model,
     torch_dtype,
@@ -39,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--last-image", help="second image: generate a transition from IMAGE to it")
     mode.add_argument("--loop", action="store_true", help="make a seamless loop that returns to IMAGE")
+    mode.add_argument("--window", type=positive_int, metavar="N",
+                      help="long videos: when --frames is larger, extend autoregressively in clips of N frames, each "
+                           "animated from the last frame of the one before")
     add_sampling_args(p, "outputs/animation.mp4")
     p.add_argument("--image-guidance", type=non_negative_float,
                    help="image guidance scale: enables DynamiCrafter's multi-condition guidance (default: off)")
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         _check_image_path(path)
     check_runtime_args(args)
     deep_cache = deep_cache_arg(args)
+    if args.window is not None and args.window < 2:
+        raise ValueError(f"--window needs at least 2 frames per clip, got {args.window}")
     from .pipelines.image_io import open_image
     from .pipelines.image_to_video import ImageToVideoPipeline
 
@@ -86,12 +92,16 @@ def run(args: argparse.Namespace) -> int:
         timestep_spacing=args.timestep_spacing,
         deep_cache=deep_cache,
         attention_broadcast=args.attention_broadcast,
+        window=args.window,
         progress=True,
     )
     playback = args.playback_fps
     if playback is None:
         playback = FRAME_STRIDE_PLAYBACK_FPS if pipe.fps_is_frame_stride else fps
     write_outputs(out.frames, args, playback, start, "animated")
+    if out.seam_psnr is not None:
+        seams = ", ".join(f"{v:.1f}" for v in out.seam_psnr[0].tolist())
+        print(f"seams: each clip's first frame against the frame it continues: {seams} dB")
     if args.prompt and not (last_image is not None or args.loop):
         import numpy as np
 

@@ -21,10 +21,15 @@ OUTPUT_TYPES = ("pt", "np", "latent")
 
 @dataclass
 class VideoPipelineOutput:
-    """``frames``: uint8 (b, t, H, W, 3) for "np"; float (b, 3, t, H, W) in [-1, 1] for "pt"; latents for "latent"."""
+    """``frames``: uint8 (b, t, H, W, 3) for "np"; float (b, 3, t, H, W) in [-1, 1] for "pt"; latents for "latent".
+
+    ``seam_psnr`` (b, seams), for an autoregressively extended video only: PSNR in dB between each clip's regenerated
+    first frame and the frame it was conditioned on (the previous clip's last).
+    """
 
     frames: torch.Tensor
     latents: torch.Tensor
+    seam_psnr: torch.Tensor | None = None
 
 
 class PipelineError(ValueError):

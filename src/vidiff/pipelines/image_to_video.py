@@ -31,9 +31,11 @@ from ..models.autoencoder import encode_video, latent_channels_of
 from ..models.feature_cache import AttentionBroadcast
 from ..models.tokenizer import OpenCLIPTokenizer
 from .base import (
+    OUTPUT_TYPES,
     PipelineError,
     VideoDiffusionPipeline,
     VideoPipelineOutput,
+    _positive_int,
     as_prompt_list,
     load_component,
     read_model_index,
@@ -75,6 +77,12 @@ def unet_model_fn(unet: torch.nn.Module, reuse: dict[str, Any] | None = None) ->
         return unet(x.to(dtype), t, context=context.to(dtype), fps=fps, **(reuse or {})).float()
 
     return model
+
+
+def video_psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB, per batch row) between two frames in [-1, 1] (peak-to-peak 2), capped at 100 dB for equal frames."""
+    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(dim=1)
+    return (10 * torch.log10(4.0 / mse.clamp_min(4e-10))).clamp(max=100.0)
 
 
 def image_guided_denoiser(
@@ -274,6 +282,36 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         resize = resize_exact if self.flavour == "vc" else resize_short_side_center_crop
         return torch.cat([resize(item, height, width) for item in items])
 
+    def _extend(self, image, num_frames: int, window: int, generator, output_type: str, clip: dict
+                ) -> VideoPipelineOutput:
+        """Autoregressive extension: clips of ``window`` frames, each conditioned on the previous clip's last frame."""
+        if output_type not in OUTPUT_TYPES:
+            raise PipelineError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        videos, latents, seams = [], [], []
+        condition, total = image, 0
+        while total < num_frames:
+            out = self(condition, num_frames=window, output_type="pt", generator=generator, **clip)
+            video = out.frames.float()
+            if videos:
+                seams.append(video_psnr_db(video[:, :, 0], videos[-1][:, :, -1]))
+                video, z = video[:, :, 1:], out.latents[:, :, 1:]
+            else:
+                z = out.latents
+            videos.append(video)
+            latents.append(z)
+            total += video.shape[2]
+            condition = video[:, :, -1].clamp(-1, 1)
+        video = torch.cat(videos, dim=2)[:, :, :num_frames]
+        z = torch.cat(latents, dim=2)[:, :, :num_frames]
+        seam_psnr = torch.stack(seams, dim=1) if seams else None
+        if output_type == "latent":
+            return VideoPipelineOutput(frames=z, latents=z, seam_psnr=seam_psnr)
+        if output_type == "np":
+            from ..utils.video import batch_to_uint8_frames
+
+            video = batch_to_uint8_frames(video)
+        return VideoPipelineOutput(frames=video, latents=z, seam_psnr=seam_psnr)
+
     def _check_i2v_args(self, num_frames, loop, last_image) -> None:
         if loop and last_image is not None:
             raise PipelineError("loop and last_image are mutually exclusive: looping ends on the first image itself")
@@ -315,6 +353,7 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         timestep_spacing: str | None = None,
         deep_cache: int | tuple[int, int] | None = None,
         attention_broadcast: bool | AttentionBroadcast = False,
+        window: int | None = None,
         latents: torch.Tensor | None = None,
         decode_chunk_size: int = 1,
         progress: bool = True,
@@ -328,8 +367,28 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         reuses the U-Net's deep features between steps (DeepCache; None: off, exact); ``attention_broadcast`` reuses
         attention outputs in the middle of the trajectory (PAB; False: off, exact). Random draws come from ``generator`` (or a CPU
         generator seeded with ``seed``) in this order: initial noise, image-latent posterior noise, per-step noise.
+
+        ``window`` extends the video autoregressively past the model's length: clips of ``window`` frames, each
+        animated from the last frame of the one before (its regenerated first frame dropped), until ``num_frames``;
+        the output's ``seam_psnr`` says how faithfully each clip restarted from that frame (dB, per seam and video).
         """
         num_frames = self.resolve("num_frames", num_frames)
+        if window is not None:
+            _positive_int(window, "window")
+            if window < 2:
+                raise PipelineError(f"an autoregressive window needs at least 2 frames, got {window}")
+            if isinstance(num_frames, int) and num_frames > window:
+                if loop or last_image is not None:
+                    raise PipelineError("window (autoregressive extension) cannot be combined with loop or last_image")
+                if latents is not None:
+                    raise PipelineError("window (autoregressive extension) draws its own latents per clip")
+                clip = dict(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
+                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                            image_guidance_scale=image_guidance_scale, guidance_rescale=guidance_rescale, fps=fps,
+                            eta=eta, sampler=sampler, timestep_spacing=timestep_spacing, deep_cache=deep_cache,
+                            attention_broadcast=attention_broadcast, decode_chunk_size=decode_chunk_size,
+                            progress=progress, callback=callback)
+                return self._extend(image, num_frames, window, seeded_generator(generator, seed), output_type, clip)
         height, width = self.resolve("height", height), self.resolve("width", width)
         steps = self.resolve("num_inference_steps", num_inference_steps)
         scale = float(self.resolve("guidance_scale", guidance_scale))
