@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import __version__, cli_animate, cli_eval, cli_serve, cli_train
+from . import __version__, cli_animate, cli_edit, cli_eval, cli_serve, cli_train
 from .cli_common import (
     DTYPES,
     ArgumentParser,
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_generate(sub)
     cli_animate.add_parser(sub)
+    cli_edit.add_parser(sub)
     cli_eval.add_parser(sub)
     cli_train.add_parser(sub)
     cli_serve.add_parser(sub)
@@ -146,8 +147,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run, "eval": cli_eval.run, "train": cli_train.run,
-            "serve": cli_serve.run}
+COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run, "edit": cli_edit.run,
+            "eval": cli_eval.run, "train": cli_train.run, "serve": cli_serve.run}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -134,6 +134,11 @@ def _check_output(out: torch.Tensor, x: torch.Tensor, t: int) -> None:
         raise ValueError(f"denoise returned {got} at t={t}; expected a tensor shaped like x {tuple(x.shape)}")
 
 
+def check_skip(skip_steps: int, n: int) -> None:
+    if isinstance(skip_steps, bool) or not isinstance(skip_steps, int | np.integer) or not 0 <= skip_steps < n:
+        raise ValueError(f"skip_steps must be an int in [0, {n - 1}] for {n} steps, got {skip_steps!r}")
+
+
 def check_eps_at_zero_snr(schedule: NoiseSchedule, steps: np.ndarray) -> None:
     """Refuse an ε-prediction model at a step with ᾱ = 0, where x0 = (x − ε)/0."""
     if not schedule.is_v_prediction and bool((schedule.alphas_cumprod[torch.as_tensor(steps)] == 0).any()):
@@ -167,12 +172,14 @@ def sample_ddim(
     noise_fn: NoiseFn | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
+    skip_steps: int = 0,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021) exactly as the official LVDM samplers, including their data-scale handling.
 
     A fresh noise tensor is drawn at every step, even at eta 0 (so a seed gives the same stream as the official code);
     ``noise_fn(step_index, shape)`` replaces the draw (step 0 is the highest timestep). ``callback(step_index, t, x_prev,
-    pred_x0)`` sees pred_x0 after the scale handling, as the official sampler returns it.
+    pred_x0)`` sees pred_x0 after the scale handling, as the official sampler returns it. ``skip_steps`` starts at step
+    ``skip_steps`` of the ``num_steps`` (``x_T`` is then the noisy latent at that step's timestep: SDEdit, inversion).
     """
     _check_inputs(x_T, schedule)
     co = ddim_coefficients(schedule, num_steps, eta, spacing)
@@ -185,7 +192,8 @@ def sample_ddim(
         return torch.tensor(float(value), dtype=dt, device=dev)
 
     n = len(co.timesteps)
-    for i in tqdm(range(n), desc="DDIM", disable=not progress):
+    check_skip(skip_steps, n)
+    for i in tqdm(range(skip_steps, n), desc="DDIM", disable=not progress):
         index = n - 1 - i
         step = int(co.timesteps[index])
         t = torch.full((b,), step, dtype=torch.long, device=dev)
@@ -253,6 +261,7 @@ def sample_ddpm(
     noise_fn: NoiseFn | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
+    skip_steps: int = 0,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling with the posterior q(x_{t−1} | x_t, x0) (Ho et al. 2020).
 
@@ -279,7 +288,8 @@ def sample_ddpm(
         return torch.tensor(float(value), dtype=dt, device=dev)
 
     n = len(steps)
-    for i in tqdm(range(n), desc="DDPM", disable=not progress):
+    check_skip(skip_steps, n)
+    for i in tqdm(range(skip_steps, n), desc="DDPM", disable=not progress):
         index = n - 1 - i
         step = int(steps[index])
         t = torch.full((b,), step, dtype=torch.long, device=dev)
