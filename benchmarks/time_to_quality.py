@@ -18,31 +18,33 @@ import sys
 from pathlib import Path
 
 DEFAULT_RUNS = ("ddim:50,ddim:25,euler:10,dpmpp_2m:5,dpmpp_2m:10,dpmpp_2m:15,dpmpp_3m:10,unipc:5,unipc:10,unipc:15,"
-                "heun:5,dpmpp_2m_sde:15")
+                "heun:5,dpmpp_2m_sde:15:eta1,ddim:50:dc3,ddim:50:pab,ddim:25:dc2,dpmpp_2m:10:pab,unipc:10:dc2")
 PROBES = ("colour", "shape", "motion", "consistency")
 I2V_PROBES = ("first_frame", "identity")  # added when the model animates an image
 
 
 def parse_runs(text: str) -> list[dict]:
-    """``SAMPLER:STEPS[:dcN[/D]][:pab]`` per run: dcN is DeepCache every N calls (depth D, default 1), pab the
-    pyramid attention broadcast."""
+    """``SAMPLER:STEPS[:dcN[/D]][:pab][:etaX]`` per run: dcN is DeepCache every N calls (depth D, default 1), pab the
+    pyramid attention broadcast, etaX the noise of a stochastic sampler (default: the model's η)."""
     from vidiff.diffusion.samplers import sampler_names
 
     runs = []
     for part in text.split(","):
         name, steps, *extras = part.strip().split(":")
         run = {"label": part.strip(), "sampler": name, "steps": int(steps) if steps.isdigit() else 0,
-               "deep_cache": None, "deep_cache_depth": 1, "attention_broadcast": False}
+               "deep_cache": None, "deep_cache_depth": 1, "attention_broadcast": False, "eta": None}
         for extra in extras:
             if extra == "pab":
                 run["attention_broadcast"] = True
+            elif extra.startswith("eta") and extra[3:].replace(".", "", 1).isdigit() and float(extra[3:]) <= 1:
+                run["eta"] = float(extra[3:])
             elif extra.startswith("dc") and all(v.isdigit() for v in extra[2:].split("/")):
                 interval, _, depth = extra[2:].partition("/")
                 run["deep_cache"], run["deep_cache_depth"] = int(interval), int(depth or 1)
             else:
                 run["steps"] = 0
         if name not in sampler_names() or run["steps"] < 1:
-            raise SystemExit(f"time_to_quality: bad run {part!r}; expected SAMPLER:STEPS[:dcN[/D]][:pab] with "
+            raise SystemExit(f"time_to_quality: bad run {part!r}; expected SAMPLER:STEPS[:dcN[/D]][:pab][:etaX] with "
                              f"SAMPLER one of {', '.join(sampler_names())}")
         runs.append(run)
     return runs
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         name, steps = run["sampler"], run["steps"]
         settings = GenerationSettings(sampler=name, steps=steps, timestep_spacing=args.spacing,
                                       deep_cache=run["deep_cache"], deep_cache_depth=run["deep_cache_depth"],
-                                      attention_broadcast=run["attention_broadcast"])
+                                      attention_broadcast=run["attention_broadcast"], eta=run["eta"])
         result = evaluate_model(model, suite, out / run["label"].replace(":", "_").replace("/", "-"),
                                 generation=settings,
                                 metrics=MetricSettings(fvd_shapes=True), save_videos=False, overwrite=True,
