@@ -19,6 +19,7 @@ from vidiff.diffusion.sampling import (
     NoiseFn,
     StepCallback,
     check_eps_at_zero_snr,
+    check_inputs,
     check_skip,
     ddim_timesteps,
     draw_noise,
@@ -150,10 +151,7 @@ def sample(
     if name == "ddpm":
         return sample_ddpm(denoise, x_T, schedule, num_steps=num_steps, spacing=spacing, generator=generator,
                            noise_fn=noise_fn, callback=callback, progress=progress, skip_steps=skip_steps)
-    if not isinstance(schedule, NoiseSchedule):
-        raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
-    if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point() or x_T.ndim < 2:
-        raise ValueError("x_T must be a floating-point tensor with a batch dimension")
+    check_inputs(x_T, schedule)
     if isinstance(eta, bool) or not isinstance(eta, int | float) or not np.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     steps = solver_timesteps(schedule, num_steps, spacing)

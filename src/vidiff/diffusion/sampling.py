@@ -121,7 +121,8 @@ def draw_noise(
     return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
-def _check_inputs(x_T: torch.Tensor, schedule: NoiseSchedule) -> None:
+def check_inputs(x_T: torch.Tensor, schedule: NoiseSchedule) -> None:
+    """Refuse a schedule that is not a NoiseSchedule and an x_T that is not a batched float tensor."""
     if not isinstance(schedule, NoiseSchedule):
         raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point() or x_T.ndim < 2:
@@ -181,7 +182,7 @@ def sample_ddim(
     pred_x0)`` sees pred_x0 after the scale handling, as the official sampler returns it. ``skip_steps`` starts at step
     ``skip_steps`` of the ``num_steps`` (``x_T`` is then the noisy latent at that step's timestep: SDEdit, inversion).
     """
-    _check_inputs(x_T, schedule)
+    check_inputs(x_T, schedule)
     co = ddim_coefficients(schedule, num_steps, eta, spacing)
     check_eps_at_zero_snr(schedule, co.timesteps)
     x = x_T
@@ -271,7 +272,7 @@ def sample_ddpm(
     x0 is re-scaled to s_prev and x_t is corrected by √ᾱ_t·(s_prev − s_t)·x0, which keeps the marginals of training.
     No noise is added at the last step.
     """
-    _check_inputs(x_T, schedule)
+    check_inputs(x_T, schedule)
     if clip_x0 is not None and (isinstance(clip_x0, bool) or not isinstance(clip_x0, int | float) or clip_x0 <= 0):
         raise ValueError(f"clip_x0 must be None or a positive number, got {clip_x0!r}")
     if num_steps is None:

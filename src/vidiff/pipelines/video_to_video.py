@@ -59,6 +59,13 @@ def load_video(video: VideoInput, height: int, width: int) -> torch.Tensor:
     return video.contiguous()
 
 
+def _per_row(items: list[str], b: int, what: str) -> list[str]:
+    """One prompt per batch row: a single one is repeated, ``b`` are kept, anything else is an error."""
+    if len(items) not in (1, b):
+        raise PipelineError(f"{len(items)} {what} for a batch of {b}: give one or {b}")
+    return items * (b // len(items))
+
+
 class VideoToVideoPipeline(TextToVideoPipeline):
     """Edit a video toward a new prompt with a text-to-video model folder (the same folder ``vidiff generate`` uses)."""
 
@@ -118,13 +125,11 @@ class VideoToVideoPipeline(TextToVideoPipeline):
         generator = seeded_generator(generator, seed)
         self.warn_unknown_words(prompts)
         b = max(len(prompts), frames.shape[0])
-        if frames.shape[0] not in (1, b) or len(prompts) not in (1, b):
+        if frames.shape[0] not in (1, b):
             raise PipelineError(f"{frames.shape[0]} videos and {len(prompts)} prompts: give one or {b} of each")
-        frames, prompts = frames.expand(b, -1, -1, -1, -1), prompts * (b // len(prompts))
-        sources = as_prompt_list(source_prompt, "source_prompt") if source_prompt else [""]
-        sources = sources * (b // len(sources)) if len(sources) in (1, b) else None
-        if sources is None:
-            raise PipelineError(f"give one source prompt or {b}")
+        frames, prompts = frames.expand(b, -1, -1, -1, -1), _per_row(prompts, b, "prompts")
+        sources = _per_row(as_prompt_list(source_prompt, "source_prompt") if source_prompt else [""], b,
+                           "source prompts")
 
         dtype = self.dtype
         z0 = encode_video(self.vae, frames.to(self.device), sample=False).float()
@@ -144,10 +149,8 @@ class VideoToVideoPipeline(TextToVideoPipeline):
                                 device=generator.device if generator is not None else "cpu").to(self.device)
             x_start = self.schedule.add_noise(z0, noise, int(timesteps[skip]))
 
-        negatives = as_prompt_list(negative_prompt, "negative_prompt") if negative_prompt is not None else [""]
-        negatives = negatives * (b // len(negatives)) if len(negatives) in (1, b) else None
-        if negatives is None:
-            raise PipelineError(f"give one negative prompt or {b}")
+        negatives = _per_row(as_prompt_list(negative_prompt, "negative_prompt") if negative_prompt is not None
+                             else [""], b, "negative prompts")
         cond = {"context": self.encode_prompt(prompts).to(dtype), "fps": fps_tensor}
         uncond = {"context": self.encode_prompt(negatives).to(dtype), "fps": fps_tensor} if scale != 1.0 else None
         denoise = guided_denoiser(model, cond, uncond, scale, rescale)
