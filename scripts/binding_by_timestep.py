@@ -59,7 +59,7 @@ def main() -> int:
 
     def loss_fn(x0, noise, t, caps, fps_rows, images):
         xt = pipe.schedule.add_noise(x0, noise, t)
-        pred = pipe.unet(xt, t, context=pipe.encode_prompt(caps), fps=fps_rows.long())
+        pred = pipe.unet(xt, t, pipe.encode_prompt(caps), fps=fps_rows.long())
         return (pred.float() - pipe.schedule.training_target(x0, noise, t)).square().flatten(1).mean(1)
 
     print(f"{args.model}: {len(items)} held-out {'images' if image else 'clips'}; gap % (accuracy) per timestep")

@@ -115,7 +115,7 @@ def _sample(folder: Path, run: str):
 
     fps_value = rc.get("fs", rc.get("fps"))
     fps = torch.full((b,), int(fps_value), dtype=torch.long) if fps_value is not None else None
-    extra = {"c_concat": _c_concat(rc["c_concat"], inputs, t)} if rc.get("c_concat") else {}
+    extra = {"concat": _c_concat(rc["c_concat"], inputs, t)} if rc.get("c_concat") else {}
     with torch.no_grad():
         cond = {"context": _context(rc["context_cond"], inputs, projector), "fps": fps, **extra}
         uncond = {"context": _context(rc["context_uncond"], inputs, projector), "fps": fps, **extra}

@@ -198,11 +198,12 @@ def test_image_guidance_none_is_plain_cfg(pipe, images):
 
 @needs_fixtures
 def test_conditioning_layout(pipe, images):
-    """c_concat per mode and the uncond branch, seen at the U-Net input through a forward pre-hook."""
+    """concat (c_concat) per mode and the uncond branch, seen at the U-Net input through a forward pre-hook."""
     seen: list[dict] = []
 
     def hook(module, args, kwargs):
-        seen.append({"x": args[0].detach().clone(), "context": kwargs["context"].detach().clone(),
+        seen.append({"x": args[0].detach().clone(), "concat": kwargs["concat"].detach().clone(),
+                     "image": kwargs["image_context"].detach().clone(), "text": kwargs["text_context"].clone(),
                      "fps": kwargs["fps"].clone()})
 
     handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
@@ -214,14 +215,15 @@ def test_conditioning_layout(pipe, images):
     finally:
         handle.remove()
     for mode, (out, call) in results.items():
-        x = call["x"]
-        assert x.shape == (2, 8, T, H // 2, W // 2), mode  # cond and uncond as one batch; noise ⧺ image latent
-        c_concat = x[:, 4:]
+        assert call["x"].shape == (2, 4, T, H // 2, W // 2), mode  # cond and uncond as one batch
+        c_concat = call["concat"]
+        assert c_concat.shape == (2, 4, T, H // 2, W // 2), mode  # the image latent, concatenated by the U-Net
         assert torch.equal(c_concat[0], c_concat[1]), f"{mode}: the uncond branch must keep the same c_concat"
         assert call["fps"].tolist() == [9, 9]
-        ctx = call["context"]
-        assert ctx.shape == (2, 77 + 16 * T, 16)
-        assert not torch.allclose(ctx[0, 77:], ctx[1, 77:]), "uncond image tokens come from a zero image"
+        assert call["text"].shape == (2, 77, 16)
+        ctx = call["image"]
+        assert ctx.shape == (2, T, 16, 16)  # 16 image tokens per frame, an explicit layout
+        assert not torch.allclose(ctx[0], ctx[1]), "uncond image tokens come from a zero image"
         assert out.latents.shape[2] == (T - 1 if mode == "loop" else T)
         frames = c_concat[0]
         assert frames[:, 0].abs().amax() > 0 and frames[:, -1].abs().amax() > 0
@@ -230,7 +232,7 @@ def test_conditioning_layout(pipe, images):
         else:
             assert frames[:, 1:-1].eq(0).all(), f"{mode}: middle frames of c_concat must be zeros"
             assert not torch.equal(frames[:, 0], frames[:, -1])  # other image / other posterior sample
-    plain_ctx, interp_ctx = results["plain"][1]["context"], results["interp"][1]["context"]
+    plain_ctx, interp_ctx = results["plain"][1]["image"], results["interp"][1]["image"]
     assert torch.equal(plain_ctx, interp_ctx), "image tokens come from the first image only"
 
 
@@ -299,7 +301,8 @@ def test_videocrafter_i2v_flavour(images):
     enc = pipe.image_encoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
     calls: list[dict] = []
     unet = pipe.unet.register_forward_pre_hook(
-        lambda m, a, kw: calls.append({"x": a[0], "context": kw["context"]}), with_kwargs=True
+        lambda m, a, kw: calls.append({"x": a[0], "image": kw["image_context"], "concat": kw.get("concat")}),
+        with_kwargs=True,
     )
     try:
         out = _run(pipe, images[0], output_type="np")
@@ -310,7 +313,8 @@ def test_videocrafter_i2v_flavour(images):
     assert torch.equal(seen[0], resize_exact(images[0], H, W))  # stretched, not cropped
     size = pipe.image_encoder.config["image_size"]
     assert torch.equal(seen[1], torch.zeros(1, 3, size, size))  # official uncond: zeros 224 × 224
-    assert calls[0]["x"].shape[1] == 4 and calls[0]["context"].shape[1] == 77 + 16  # no c_concat, 16 shared tokens
+    assert calls[0]["x"].shape[1] == 4 and calls[0]["concat"] is None  # no c_concat
+    assert calls[0]["image"].shape[1:] == (16, 16)  # 16 image tokens shared by the frames
     with pytest.raises(PipelineError, match="DynamiCrafter"):
         _run(pipe, images[0], loop=True)
 

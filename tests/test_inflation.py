@@ -60,7 +60,7 @@ def test_new_input_channels_start_at_zero_and_image_stream_adds_nothing():
     image_latent, image_tokens = torch.randn(1, 4, 8, 16, 16), torch.randn(1, 4, 32)
     with torch.no_grad():
         ref = t2v(x, 50, ctx, fps=4)
-        out = i2v(torch.cat([x, image_latent], 1), 50, torch.cat([ctx, image_tokens], 1), fps=4)
+        out = i2v(x, 50, ctx, image_context=image_tokens, concat=image_latent, fps=4)
     assert (out - ref).abs().max().item() < 1e-6
 
 
@@ -157,11 +157,13 @@ def test_pooled_text_embedding_starts_as_nothing_and_then_conditions_every_resbl
         assert (moved - plain(x, t, ctx, fps=8)).abs().max().item() > 1e-3
         # another caption changes the output
         assert (pooled(x, t, other, fps=8) - moved).abs().max().item() > 1e-3
-        # and only the text tokens: image tokens after text_context_len are not pooled
-        i2v = UNet3DModel(**{**VIDEO_UNET, "pooled_text_condition": True, "image_cross_attention": True,
-                             "text_context_len": 7, "image_tokens_per_frame": 4}).eval()
-        tokens = torch.randn(2, 4, 32)
-        assert torch.equal(i2v._pooled_text(torch.cat([ctx, tokens], 1)), ctx.mean(1))
+        # and only the text tokens: with the image stream silenced, other image tokens change nothing
+        i2v = _randomised(UNet3DModel(**{**VIDEO_UNET, "pooled_text_condition": True, "image_cross_attention": True,
+                                         "text_context_len": 7, "image_tokens_per_frame": 4}), seed=6).eval()
+        tokens, other_tokens = torch.randn(2, 4, 32), torch.randn(2, 4, 32)
+        a = i2v(x, t, ctx, image_context=tokens, image_scale=0.0, fps=8)
+        assert torch.equal(a, i2v(x, t, ctx, image_context=other_tokens, image_scale=0.0, fps=8))
+        assert torch.equal(a, i2v(x, t, ctx, fps=8))
 
 
 def test_absolute_frame_positions_start_at_zero_and_then_break_shift_equivariance():

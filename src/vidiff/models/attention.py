@@ -37,6 +37,15 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, cau
     return torch.matmul(sim.softmax(dim=-1), v)
 
 
+def _row_weight(weight: float | torch.Tensor, out: torch.Tensor) -> float | torch.Tensor:
+    """A stream weight for (rows, heads, n, d) attention output: a float as is, a (rows,) tensor per row."""
+    if not isinstance(weight, torch.Tensor) or weight.ndim == 0:
+        return weight
+    if weight.shape != (out.shape[0],):
+        raise ValueError(f"a per-row stream weight needs shape ({out.shape[0]},), got {tuple(weight.shape)}")
+    return weight.to(device=out.device, dtype=out.dtype).view(-1, 1, 1, 1)
+
+
 class RelativePosition(nn.Module):
     """Learned relative-position table shared across heads (VideoCrafter1 temporal attention)."""
 
@@ -55,10 +64,11 @@ class RelativePosition(nn.Module):
 class Attention(nn.Module):
     """Multi-head (cross-)attention with the official key names.
 
-    ``image_attention`` adds the decoupled image branch of VideoCrafter-I2V / DynamiCrafter: the context is split at
-    ``text_context_len`` into text and image tokens, each gets its own softmax, and the image result is added with a
-    weight λ (fixed, or ``tanh(alpha) + 1`` when learnable). ``image_scale`` can be changed at inference to re-balance
-    the two streams.
+    ``image_attention`` adds the decoupled image branch of VideoCrafter-I2V / DynamiCrafter (and UniVid's dual stream,
+    Eq. 7): text and image tokens arrive as separate arguments, each gets its own softmax, and the two results are
+    summed with weights λ_t (``text_scale``, 1 by default) and λ_v (``image_scale``: this layer's configured λ unless the
+    call gives one; times ``tanh(alpha) + 1`` when learnable). Both weights are per call: a float, or one value per
+    batch row (a tensor of shape (rows,)).
     """
 
     def __init__(
@@ -105,12 +115,18 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, "b n (h d) -> b h n d", h=self.heads)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        image_context = None
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        image_context: torch.Tensor | None = None,
+        text_scale: float | torch.Tensor = 1.0,
+        image_scale: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x`` (rows, n, C) attends to ``context`` (rows, L, C_ctx) (itself when None) and, in an image-attention
+        layer, to ``image_context`` (rows, L_img, C_ctx); ``text_scale``/``image_scale`` weight the two streams."""
         if context is None:
             context = x
-        elif self.image_attention:
-            context, image_context = context[:, : self.text_context_len], context[:, self.text_context_len :]
         elif self.truncate_text_context:
             context = context[:, : self.text_context_len]
 
@@ -119,16 +135,20 @@ class Attention(nn.Module):
             out = self._relative_attention(q, k, v)
         else:
             out = _attend(q, k, v, self.scale, self.causal)
+        if not (isinstance(text_scale, float | int) and text_scale == 1):
+            out = out * _row_weight(text_scale, out)
 
-        if image_context is not None and image_context.shape[1] > 0:
+        if self.image_attention and image_context is not None and image_context.shape[1] > 0:
             k_ip, v_ip = self._heads(self.to_k_ip(image_context)), self._heads(self.to_v_ip(image_context))
-            out = out + self.image_weight() * _attend(q, k_ip, v_ip, self.scale)
+            out = out + _row_weight(self.image_weight(image_scale), out) * _attend(q, k_ip, v_ip, self.scale)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
-    def image_weight(self) -> torch.Tensor | float:
+    def image_weight(self, scale: float | torch.Tensor | None = None) -> torch.Tensor | float:
+        """λ_v: the call's ``scale`` (else the configured one), times ``tanh(alpha) + 1`` when learnable."""
+        scale = self.image_scale if scale is None else scale
         if hasattr(self, "alpha"):
-            return self.image_scale * (torch.tanh(self.alpha) + 1)
-        return self.image_scale
+            return scale * (torch.tanh(self.alpha) + 1)
+        return scale
 
     def _relative_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n, m = q.shape[-2], k.shape[-2]
@@ -173,9 +193,19 @@ class BasicTransformerBlock(nn.Module):
         )
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        image_context: torch.Tensor | None = None,
+        text_scale: float | torch.Tensor = 1.0,
+        image_scale: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), None if self.self_attention_only else context) + x
+        if self.self_attention_only:
+            x = self.attn2(self.norm2(x)) + x
+        else:
+            x = self.attn2(self.norm2(x), context, image_context, text_scale, image_scale) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -203,7 +233,15 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        image_context: torch.Tensor | None = None,
+        text_scale: float | torch.Tensor = 1.0,
+        image_scale: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x`` ((b t), C, H, W) folded frames; the contexts and per-row weights have one row per frame."""
         _, _, h, w = x.shape
         x_in = x
         x = self.norm(x)
@@ -213,7 +251,7 @@ class SpatialTransformer(nn.Module):
         if self.use_linear:
             x = self.proj_in(x)
         for block in self.transformer_blocks:
-            x = block(x, context)
+            x = block(x, context, image_context, text_scale, image_scale)
         if self.use_linear:
             x = self.proj_out(x)
         x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)

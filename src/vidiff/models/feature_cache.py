@@ -116,12 +116,12 @@ class AttentionBroadcast:
             for name, kind, attn in self._layers(unet):
                 reuse = inside and step % self.intervals[kind] != 0
 
-                def forward(x, context=None, _orig=attn.forward, _name=name, _kind=kind, _reuse=reuse):
+                def forward(x, *args, _orig=attn.forward, _name=name, _kind=kind, _reuse=reuse, **kwargs):
                     stored = self._outputs.get(_name)
                     if _reuse and stored is not None and stored.shape == x.shape[:-1] + stored.shape[-1:]:
                         self.reused[_kind] += 1
                         return stored
-                    out = _orig(x, context)
+                    out = _orig(x, *args, **kwargs)
                     self._outputs[_name] = out
                     self.computed[_kind] += 1
                     return out

@@ -136,3 +136,12 @@ class Resampler(SafetensorsPersistence, nn.Module):
             latents = attn(x, latents) + latents
             latents = ff(latents) + latents
         return self.norm_out(self.proj_out(latents))
+
+    def image_context(self, x: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """CLIP tokens -> the U-Net's ``image_context``: (b, video_length, num_queries, output_dim), one set per frame,
+        for the DynamiCrafter variant; (b, tokens, output_dim) shared by the frames for VideoCrafter's, and, as in the
+        official U-Net, for a clip of ``num_frames`` other than ``video_length`` (every frame then sees all tokens)."""
+        tokens = self(x)
+        if self.per_frame and num_frames in (None, self.config["video_length"]):
+            return tokens.unflatten(1, (self.config["video_length"], self.config["num_queries"]))
+        return tokens

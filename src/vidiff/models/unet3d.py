@@ -7,6 +7,8 @@ built by small factory methods so later architectures (pyramid attention, other 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import get_timestep_embedding
@@ -24,19 +26,35 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
 
 
-class BlockSequence(nn.Sequential):
-    """A U-Net stage: dispatches (emb, context, frame count) to each layer by its kind."""
+@dataclass
+class FrameConditions:
+    """What the layers of one U-Net call read besides the features, frames folded into the batch as ``(b t)``.
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None, num_frames: int) -> torch.Tensor:
+    ``text``/``image``: ((b t), L, C) tokens for the spatial cross-attention (the image stream of a dual
+    cross-attention layer); ``text_scale``/``image_scale``: the streams' weights, a float or one per (b t) row
+    (``image_scale`` None: each layer's configured λ); ``video_text``: (b, L, C), one caption per video, for temporal
+    layers that read the text.
+    """
+
+    text: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+    text_scale: float | torch.Tensor = 1.0
+    image_scale: float | torch.Tensor | None = None
+    video_text: torch.Tensor | None = None
+
+
+class BlockSequence(nn.Sequential):
+    """A U-Net stage: dispatches (emb, conditions, frame count) to each layer by its kind."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, cond: FrameConditions, num_frames: int) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb, num_frames)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, cond.text, cond.image, cond.text_scale, cond.image_scale)
             elif isinstance(layer, TemporalTransformer):
                 x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
-                video_context = None if context is None or layer.text_attention is None else context[::num_frames]
-                x = rearrange(layer(x, video_context), "b c t h w -> (b t) c h w")
+                x = rearrange(layer(x, cond.video_text), "b c t h w -> (b t) c h w")
             else:
                 x = layer(x)
         return x
@@ -45,10 +63,9 @@ class BlockSequence(nn.Sequential):
 class UNet3DModel(ModelMixin, ConfigMixin):
     """Latent video U-Net with spatial/temporal transformers, timestep + fps/fs embedding and optional image attention.
 
-    Inputs: ``sample`` (b, C_in, t, H, W) (for DynamiCrafter the noisy latent and the image latent concatenated on
-    channels), ``timestep`` (b,), ``context`` (b, L, context_dim): text tokens, followed by image tokens when
-    ``image_cross_attention`` is on (16 shared tokens, or 16 per frame when L == 77 + 16·t and
-    ``per_frame_image_tokens``), and ``fps`` (b,) or an int (defaults to ``default_fps``).
+    Each condition is its own argument of :meth:`forward` (see there): text tokens, image tokens (shared by the
+    frames or one set per frame), a latent concatenated on channels (DynamiCrafter's image latent), fps or frame stride,
+    and the per-call weights of the text and image streams of the dual cross-attention.
 
     Two options beyond the official architecture (off by default, so converted checkpoints are unchanged):
     ``pooled_text_condition`` adds an MLP of the mean text token to the timestep embedding, so the caption reaches
@@ -190,39 +207,127 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         )
 
     # -- forward --
-    def _frame_context(self, context: torch.Tensor | None, num_frames: int) -> torch.Tensor | None:
-        if context is None:
-            return None
-        cfg = self.config
-        n_text, per_frame = cfg.text_context_len, cfg.image_tokens_per_frame
-        if cfg.per_frame_image_tokens and context.shape[1] == n_text + per_frame * num_frames:
-            text = context[:, :n_text].repeat_interleave(num_frames, dim=0)
-            image = rearrange(context[:, n_text:], "b (t l) c -> (b t) l c", t=num_frames)
-            return torch.cat([text, image], dim=1)
-        return context.repeat_interleave(num_frames, dim=0)
+    def split_context(
+        self, context: torch.Tensor, num_frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The official single-``context`` layout -> (text tokens, image tokens or None), for converted callers.
 
-    def _pooled_text(self, context: torch.Tensor) -> torch.Tensor:
-        """Mean of the text tokens (b, context_dim): in a causal text tower every token after the caption has read all
-        of it, so the mean is a caption summary; it reaches every ResBlock through the timestep embedding."""
-        n_text = self.config.text_context_len if self.config.image_cross_attention else context.shape[1]
-        return context[:, :n_text].float().mean(dim=1)
+        The official code appends the image tokens to the text tokens: ``text_context_len`` text tokens, then either
+        ``image_tokens_per_frame`` tokens per frame (``per_frame_image_tokens``, when the count matches the frame
+        count) or one shared set.
+        """
+        cfg = self.config
+        if not cfg.image_cross_attention:
+            return context, None
+        n_text, per_frame = cfg.text_context_len, cfg.image_tokens_per_frame
+        text, image = context[:, :n_text], context[:, n_text:]
+        if image.shape[1] == 0:
+            return text, None
+        if cfg.per_frame_image_tokens and image.shape[1] == per_frame * num_frames:
+            image = rearrange(image, "b (t l) c -> b t l c", t=num_frames)
+        return text, image
+
+    def _conditions(
+        self,
+        b: int,
+        t: int,
+        text_context: torch.Tensor | None,
+        image_context: torch.Tensor | None,
+        text_scale: float | torch.Tensor,
+        image_scale: float | torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> FrameConditions:
+        cfg = self.config
+        if image_context is not None and not cfg.image_cross_attention:
+            raise ValueError("image_context was given but this U-Net has no image cross-attention")
+        if text_context is not None and text_context.ndim != 3:
+            raise ValueError(f"text_context must be (batch, tokens, dim), got shape {tuple(text_context.shape)}")
+        if (cfg.image_cross_attention and image_context is None and text_context is not None
+                and text_context.shape[1] > cfg.text_context_len and not cfg.truncate_text_context):
+            raise ValueError(f"text_context has {text_context.shape[1]} tokens, more than this model's text length "
+                             f"{cfg.text_context_len}: pass image tokens as image_context (or the official combined "
+                             "layout as context=)")
+        text = None if text_context is None else text_context.to(dtype).repeat_interleave(t, dim=0)
+        image = None
+        if image_context is not None:
+            if image_context.ndim == 4:
+                if image_context.shape[1] != t:
+                    raise ValueError(f"per-frame image_context has {image_context.shape[1]} frames, the sample {t}")
+                image = rearrange(image_context.to(dtype), "b t l c -> (b t) l c")
+            elif image_context.ndim == 3:
+                image = image_context.to(dtype).repeat_interleave(t, dim=0)
+            else:
+                raise ValueError("image_context must be (batch, tokens, dim) shared by the frames or (batch, frames, "
+                                 f"tokens, dim) per frame, got shape {tuple(image_context.shape)}")
+        video_text = None
+        if text_context is not None and cfg.temporal_text_attention:
+            video_text = text_context.to(dtype)
+        return FrameConditions(text, image, _per_frame_rows(text_scale, b, t, "text_scale"),
+                               _per_frame_rows(image_scale, b, t, "image_scale"), video_text)
 
     def forward(
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor | int,
-        context: torch.Tensor | None = None,
+        text_context: torch.Tensor | None = None,
+        *,
+        image_context: torch.Tensor | None = None,
+        concat: torch.Tensor | None = None,
         fps: torch.Tensor | int | None = None,
+        frame_stride: torch.Tensor | int | None = None,
+        text_scale: float | torch.Tensor = 1.0,
+        image_scale: float | torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
         deep_cache: DeepCache | None = None,
         attention_broadcast: AttentionBroadcast | None = None,
     ) -> torch.Tensor:
-        """``deep_cache`` reuses the deep features of an earlier step, ``attention_broadcast`` the attention outputs
-        (:mod:`vidiff.models.feature_cache`); None (default) runs the whole network."""
-        if attention_broadcast is not None:
-            with attention_broadcast.during(self, timestep):
-                return self.forward(sample, timestep, context, fps, deep_cache)
+        """One denoising evaluation.
+
+        * ``sample`` (b, c, t, H, W) noisy latents; ``timestep`` (b,) or an int.
+        * ``text_context`` (b, L, context_dim) caption tokens.
+        * ``image_context`` image tokens for the image stream: (b, L_img, context_dim) shared by every frame, or
+          (b, t, L_img, context_dim) one set per frame (DynamiCrafter).
+        * ``concat`` latents concatenated after ``sample`` on channels: (b, c', t, H, W), or (b, c', H, W) for every
+          frame (DynamiCrafter's image latent); ``sample`` + ``concat`` channels must be ``in_channels``.
+        * ``fps`` or ``frame_stride`` (b,) or an int: the value of the fps embedding (VideoCrafter and DynamiCrafter
+          512/1024 read frames per second, DynamiCrafter 256 a frame stride; the same input); ``default_fps`` if
+          neither.
+        * ``text_scale`` / ``image_scale``: λ_t and λ_v of the cross-attention streams (UniVid Eq. 7), a float or one
+          per batch row; ``image_scale`` None uses each layer's configured weight.
+        * ``context``: the official combined layout (text tokens then image tokens), split by :meth:`split_context`;
+          give it or ``text_context``/``image_context``.
+        * ``deep_cache`` reuses the deep features of an earlier step, ``attention_broadcast`` the attention outputs
+          (:mod:`vidiff.models.feature_cache`); None (default) runs the whole network.
+        """
         if sample.ndim != 5:
             raise ValueError(f"sample must be (batch, channels, frames, height, width), got shape {tuple(sample.shape)}")
+        b, _, t, _, _ = sample.shape
+        if context is not None:
+            if text_context is not None or image_context is not None:
+                raise ValueError("give context (the combined layout) or text_context/image_context, not both")
+            text_context, image_context = self.split_context(context, t)
+        if frame_stride is not None:
+            if fps is not None:
+                raise ValueError("give fps or frame_stride, not both (they feed the same embedding)")
+            fps = frame_stride
+        if concat is not None:
+            if concat.ndim == 4:
+                concat = concat.unsqueeze(2).expand(-1, -1, t, -1, -1)
+            if concat.ndim != 5 or concat.shape[0] != b or concat.shape[2:] != sample.shape[2:]:
+                raise ValueError(f"concat must be (batch, channels, [frames,] height, width) matching the sample "
+                                 f"{tuple(sample.shape)}, got {tuple(concat.shape)}")
+            sample = torch.cat([sample, concat.to(sample.dtype)], dim=1)
+        if sample.shape[1] != self.config.in_channels:
+            raise ValueError(f"this U-Net takes {self.config.in_channels} input channels, got {sample.shape[1]}"
+                             + ("" if concat is None else " (sample + concat)"))
+        dtype = self.time_embed[0].weight.dtype
+        cond = self._conditions(b, t, text_context, image_context, text_scale, image_scale, dtype)
+        if attention_broadcast is not None:
+            with attention_broadcast.during(self, timestep):
+                return self._forward(sample, timestep, fps, cond, text_context, deep_cache)
+        return self._forward(sample, timestep, fps, cond, text_context, deep_cache)
+
+    def _forward(self, sample, timestep, fps, cond: FrameConditions, text_context, deep_cache) -> torch.Tensor:
         b, _, t, _, _ = sample.shape
         dtype = self.time_embed[0].weight.dtype
         timestep = torch.as_tensor(timestep, device=sample.device)
@@ -235,12 +340,9 @@ class UNet3DModel(ModelMixin, ConfigMixin):
             if fps.ndim == 0:
                 fps = fps.expand(b)
             emb = emb + self.fps_embedding(sinusoidal_embedding(fps, self.config.model_channels).to(dtype))
-        if self.config.pooled_text_condition and context is not None:
-            emb = emb + self.text_embedding(self._pooled_text(context).to(dtype))
+        if self.config.pooled_text_condition and text_context is not None:
+            emb = emb + self.text_embedding(text_context.float().mean(dim=1).to(dtype))
         emb = emb.repeat_interleave(t, dim=0)
-        context = self._frame_context(context, t)
-        if context is not None:
-            context = context.to(dtype)
 
         h = rearrange(sample.contiguous(), "b c t h w -> (b t) c h w").to(dtype)
         n_in = len(self.input_blocks)
@@ -249,26 +351,38 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         resume = n_in - deep_cache.depth if deep_cache is not None else None
         skips = []
         for i, block in enumerate(self.input_blocks[: deep_cache.depth] if reuse else self.input_blocks):
-            h = self._run(block, h, emb, context, t)
+            h = self._run(block, h, emb, cond, t)
             if i == 0 and self.config.addition_attention:
-                video_context = None if context is None else context[::t]
-                h = rearrange(self.init_attn(rearrange(h, "(b t) c h w -> b c t h w", t=t), video_context),
+                h = rearrange(self.init_attn(rearrange(h, "(b t) c h w -> b c t h w", t=t), cond.video_text),
                               "b c t h w -> (b t) c h w")
             skips.append(h)
         if reuse:
             h = deep_cache.feature
         else:
-            h = self._run(self.middle_block, h, emb, context, t)
+            h = self._run(self.middle_block, h, emb, cond, t)
         for j, block in enumerate(self.output_blocks):
             if reuse and j < resume:
                 continue
             if deep_cache is not None and not reuse and j == resume:
                 deep_cache.store(h)
-            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context, t)
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, cond, t)
         h = self.out(h).to(sample.dtype)
         return rearrange(h, "(b t) c h w -> b c t h w", t=t)
 
-    def _run(self, block: BlockSequence, h, emb, context, num_frames: int) -> torch.Tensor:
+    def _run(self, block: BlockSequence, h, emb, cond: FrameConditions, num_frames: int) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, h, emb, context, num_frames, use_reentrant=False)
-        return block(h, emb, context, num_frames)
+            return torch.utils.checkpoint.checkpoint(block, h, emb, cond, num_frames, use_reentrant=False)
+        return block(h, emb, cond, num_frames)
+
+
+def _per_frame_rows(weight: float | torch.Tensor | None, b: int, t: int, name: str) -> float | torch.Tensor | None:
+    """A per-call stream weight: a number as is, a (b,) tensor repeated for each frame row ((b t),)."""
+    if weight is None or isinstance(weight, float | int) and not isinstance(weight, bool):
+        return weight
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"{name} must be a number or a tensor with one value per batch row, got {weight!r}")
+    if weight.ndim == 0:
+        return weight
+    if weight.shape != (b,):
+        raise ValueError(f"{name} needs one value per batch row ({b},), got shape {tuple(weight.shape)}")
+    return weight.repeat_interleave(t)

@@ -2,12 +2,12 @@
 
 The conditioning follows the official inference scripts (see ``official-lvdm-architecture.md`` §7):
 
-* **vc**: the image is stretched to H×W; context = text ⧺ projector(CLIP(image)) (16 tokens shared by all frames);
-  the unconditional branch uses text("") ⧺ projector(CLIP(all-zero 224×224 image)).
-* **dc**: the image is short-side resized and centre-cropped to H×W; context = text ⧺ projector(CLIP(image)) (16 tokens
-  per frame). The U-Net also sees the image itself: ``c_concat`` = VAE posterior *sample* × scale factor of the image,
+* **vc**: the image is stretched to H×W; the U-Net gets text tokens and ``image_context`` = projector(CLIP(image)) (16
+  tokens shared by all frames); the unconditional branch uses text("") and projector(CLIP(all-zero 224×224 image)).
+* **dc**: the image is short-side resized and centre-cropped to H×W; ``image_context`` = projector(CLIP(image)) (16
+  tokens per frame). The U-Net also sees the image itself: ``concat`` = VAE posterior *sample* × scale factor of the image,
   repeated over the frames (interpolation/looping: zeros except the first and last frame), concatenated to the noisy
-  latent on channels. The unconditional branch keeps the same ``c_concat`` and uses text("") ⧺ projector(CLIP(zeros)).
+  latent on channels. The unconditional branch keeps the same ``concat`` and uses text("") and projector(CLIP(zeros)).
   With ``image_guidance_scale`` the three-pass multi-condition guidance of DynamiCrafter is used.
 
 The per-step model call and guidance live in :func:`unet_model_fn` and :func:`image_guided_denoiser`, shared by the
@@ -61,20 +61,18 @@ FRAME_STRIDE_FAMILIES = ("dc_256",)  # their fps/fs input is a frame stride, not
 
 
 def unet_model_fn(unet: torch.nn.Module, reuse: dict[str, Any] | None = None) -> Callable[..., torch.Tensor]:
-    """``model(x, t, context, fps, c_concat=None)`` around a U-Net, in the U-Net's dtype, returning float32.
+    """``model(x, t, **conditions)`` around a U-Net, in the U-Net's dtype, returning float32.
 
-    DynamiCrafter is a "hybrid" model: the image latent ``c_concat`` is concatenated after the noisy latent on channels.
-    ``reuse`` (``deep_cache`` / ``attention_broadcast``) is passed to every U-Net call (feature reuse across steps).
+    ``conditions`` are the U-Net's keyword arguments (``text_context``, ``image_context``, ``concat``: DynamiCrafter's
+    image latent, concatenated after the noisy latent on channels; ``fps``). ``reuse`` (``deep_cache`` /
+    ``attention_broadcast``) is passed to every U-Net call (feature reuse across steps).
     """
     dtype = next(unet.parameters()).dtype
 
-    def model(
-        x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, fps: torch.Tensor | int | None,
-        c_concat: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if c_concat is not None:
-            x = torch.cat([x, c_concat.to(device=x.device, dtype=x.dtype)], dim=1)
-        return unet(x.to(dtype), t, context=context.to(dtype), fps=fps, **(reuse or {})).float()
+    def model(x: torch.Tensor, t: torch.Tensor, **conditions: Any) -> torch.Tensor:
+        cast = {k: v.to(device=x.device, dtype=dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                for k, v in conditions.items()}
+        return unet(x.to(dtype), t, **cast, **(reuse or {})).float()
 
     return model
 
@@ -128,7 +126,7 @@ def image_guided_denoiser(
 
 
 def concat_condition(first: torch.Tensor, num_frames: int, last: torch.Tensor | None = None) -> torch.Tensor:
-    """DynamiCrafter's ``c_concat`` (b, c, t, h, w) from image latents (b, c, h, w) or (b, c, 1, h, w).
+    """DynamiCrafter's ``concat`` (``c_concat`` in the official code) (b, c, t, h, w) from image latents (b, c, h, w) or (b, c, 1, h, w).
 
     Without ``last``: the first image's latent on every frame. With ``last`` (interpolation; looping passes the first
     image again): zeros except frame 0 (``first``) and frame t−1 (``last``).
@@ -263,16 +261,17 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
 
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images (b, 3, H, W) in [-1, 1] → image context tokens projector(CLIP tokens)."""
-        return self.image_projector(self.image_encoder(images.to(self.device)))
+    def encode_image(self, images: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Preprocessed images (b, 3, H, W) in [-1, 1] → the U-Net's ``image_context`` for ``num_frames`` frames,
+        projector(CLIP tokens): (b, frames, tokens, dim) per frame (DynamiCrafter) or (b, tokens, dim) shared."""
+        return self.image_projector.image_context(self.image_encoder(images.to(self.device)), num_frames)
 
     @torch.no_grad()
-    def encode_uncond_image(self, height: int, width: int) -> torch.Tensor:
-        """The unconditional image tokens (1, n, d): an all-zero image, 224² for VideoCrafter, H×W for DynamiCrafter."""
+    def encode_uncond_image(self, height: int, width: int, num_frames: int | None = None) -> torch.Tensor:
+        """The unconditional ``image_context`` (batch 1): an all-zero image, 224² for VideoCrafter, H×W for DynamiCrafter."""
         if self.flavour == "vc":
             height = width = self.image_encoder.config["image_size"]
-        return self.image_projector(self.image_encoder.encode_uncond(1, height, width))
+        return self.image_projector.image_context(self.image_encoder.encode_uncond(1, height, width), num_frames)
 
     def preprocess_image(self, image: ImageInput | Sequence[ImageInput], height: int, width: int) -> torch.Tensor:
         """Image(s) → (b, 3, H, W) in [-1, 1] with the flavour's official resize rule."""
@@ -420,33 +419,33 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
                                     else [""], b, "negative prompts")
 
         dtype = self.dtype
-        image_tokens = self.encode_image(images).to(dtype)
-        context = torch.cat([self.encode_prompt(prompts).to(dtype), image_tokens], dim=1)
+        image_tokens = self.encode_image(images, num_frames).to(dtype)
+        text = self.encode_prompt(prompts).to(dtype)
         guided = scale != 1.0
-        uncond_context = no_text_context = None
+        text_u = image_u = None
         if guided:
             text_u = self.encode_prompt(negatives).to(dtype)
-            image_u = self.encode_uncond_image(height, width).to(dtype).expand(b, -1, -1)
-            uncond_context = torch.cat([text_u, image_u], dim=1)
-            if image_guidance_scale is not None:
-                no_text_context = torch.cat([text_u, image_tokens], dim=1)
+            image_u = self.encode_uncond_image(height, width, num_frames).to(dtype)
+            image_u = image_u.expand(b, *image_u.shape[1:])
 
         x_T = self.initial_latents(b, num_frames, height, width, latents, generator)
 
-        extra: dict[str, torch.Tensor] = {}
+        fps_key = "frame_stride" if self.fps_is_frame_stride else "fps"
+        extra = {fps_key: torch.full((b,), int(fps), dtype=torch.long, device=self.device)}
         if self.flavour == "dc":
             # Each given frame gets its own posterior sample (the official script encodes every frame it is handed).
             frames = images[:, :, None] if lasts is None else torch.stack([images, lasts], dim=2)
             z = encode_video(self.vae, frames.float(), generator=generator)
-            extra["c_concat"] = concat_condition(z[:, :, 0], num_frames, z[:, :, -1] if lasts is not None else None)
+            extra["concat"] = concat_condition(z[:, :, 0], num_frames, z[:, :, -1] if lasts is not None else None)
 
-        fps_tensor = torch.full((b,), int(fps), dtype=torch.long, device=self.device)
-        cond = {"context": context, "fps": fps_tensor, **extra}
-        uncond = {"context": uncond_context, "fps": fps_tensor, **extra} if guided else None
-        no_text = {"context": no_text_context, "fps": fps_tensor, **extra} if no_text_context is not None else None
+        cond = {"text_context": text, "image_context": image_tokens, **extra}
+        uncond = {"text_context": text_u, "image_context": image_u, **extra} if guided else None
+        no_text = None
+        if guided and image_guidance_scale is not None:
+            no_text = {"text_context": text_u, "image_context": image_tokens, **extra}
         denoise = image_guided_denoiser(
-            unet_model_fn(self.unet, self.feature_reuse_kwargs(deep_cache, attention_broadcast)), cond, uncond, scale, image_guidance_scale=image_guidance_scale, no_text=no_text,
-            guidance_rescale=rescale,
+            unet_model_fn(self.unet, self.feature_reuse_kwargs(deep_cache, attention_broadcast)), cond, uncond, scale,
+            image_guidance_scale=image_guidance_scale, no_text=no_text, guidance_rescale=rescale,
         )
         z = sample(sampler, denoise, x_T, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,
                    callback=callback, progress=progress)

@@ -139,8 +139,8 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
             x_T = reschedule_noise(x_T, window, stride, generator)
 
         fps_tensor = torch.full((b,), int(fps), dtype=torch.long, device=self.device)
-        cond = {"context": context, "fps": fps_tensor}
-        uncond = {"context": uncond_context, "fps": fps_tensor} if uncond_context is not None else None
+        cond = {"text_context": context, "fps": fps_tensor}
+        uncond = {"text_context": uncond_context, "fps": fps_tensor} if uncond_context is not None else None
 
         extra = self.feature_reuse_kwargs(deep_cache, attention_broadcast)
 

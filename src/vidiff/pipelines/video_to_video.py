@@ -141,7 +141,7 @@ class VideoToVideoPipeline(TextToVideoPipeline):
             return self.unet(x.to(dtype), t, **kw).float()
 
         if inversion == "ddim":
-            source = {"context": self.encode_prompt(sources).to(dtype), "fps": fps_tensor}
+            source = {"text_context": self.encode_prompt(sources).to(dtype), "fps": fps_tensor}
             x_start = invert(guided_denoiser(model, source, None, 1.0), z0, self.schedule,
                              timesteps[skip:][::-1].copy(), iterations=inversion_iterations, progress=progress)
         else:
@@ -151,8 +151,8 @@ class VideoToVideoPipeline(TextToVideoPipeline):
 
         negatives = _per_row(as_prompt_list(negative_prompt, "negative_prompt") if negative_prompt is not None
                              else [""], b, "negative prompts")
-        cond = {"context": self.encode_prompt(prompts).to(dtype), "fps": fps_tensor}
-        uncond = {"context": self.encode_prompt(negatives).to(dtype), "fps": fps_tensor} if scale != 1.0 else None
+        cond = {"text_context": self.encode_prompt(prompts).to(dtype), "fps": fps_tensor}
+        uncond = {"text_context": self.encode_prompt(negatives).to(dtype), "fps": fps_tensor} if scale != 1.0 else None
         denoise = guided_denoiser(model, cond, uncond, scale, rescale)
         z = sample(sampler, denoise, x_start, self.schedule, steps, eta=eta, spacing=spacing, generator=generator,
                    callback=callback, progress=progress, skip_steps=skip)

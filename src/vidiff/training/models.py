@@ -191,7 +191,7 @@ class DenoiserBundle(nn.Module):
 
     ``forward`` takes either ``tokens`` (encoded here, so gradients reach a trainable text encoder) or a ready text
     ``context``; for image-to-video also either ``clip_images`` (pixels in [-1, 1], encoded here by a trainable image
-    encoder) or ``clip_tokens`` (a frozen image encoder's output), projected here and appended to the text context, and
+    encoder) or ``clip_tokens`` (a frozen image encoder's output), projected here into the U-Net's ``image_context``, and
     ``c_concat`` (DynamiCrafter: concatenated to the noisy latent on channels). It returns the U-Net output. Parameter
     names are ``unet.…``, ``text_encoder.…``, ``image_encoder.…`` and ``image_projector.…``.
     """
@@ -230,12 +230,10 @@ class DenoiserBundle(nn.Module):
             if self.text_encoder is None:
                 raise ValueError("tokens were given but this bundle has no text encoder; pass context instead")
             context = self.text_encoder(tokens)
+        image_context = None
         if clip_tokens is not None:
             if self.image_projector is None:
                 raise ValueError("clip_tokens were given but this bundle has no image projector")
-            image = self.image_projector(clip_tokens)
-            context = torch.cat([context, image.to(context.dtype)], dim=1)
-        if c_concat is not None:
-            sample = torch.cat([sample, c_concat.to(sample.dtype)], dim=1)
+            image_context = self.image_projector.image_context(clip_tokens, sample.shape[2])
         # contiguous: see losses.encode_latents on memory formats
-        return self.unet(sample.contiguous(), timestep, context, fps)
+        return self.unet(sample.contiguous(), timestep, context, image_context=image_context, concat=c_concat, fps=fps)
