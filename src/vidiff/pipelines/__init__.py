@@ -1,1 +1,8 @@
+"""Generation pipelines over a model folder: text-to-video, image-to-video and video-to-video (editing)."""
 
+from vidiff.pipelines.base import PipelineError, VideoPipelineOutput
+from vidiff.pipelines.image_to_video import ImageToVideoPipeline
+from vidiff.pipelines.text_to_video import TextToVideoPipeline
+from vidiff.pipelines.video_to_video import VideoToVideoPipeline
+
+__all__ = ["ImageToVideoPipeline", "PipelineError", "TextToVideoPipeline", "VideoPipelineOutput", "VideoToVideoPipeline"]
