@@ -13,6 +13,8 @@ from diffusers.models.attention import FeedForward
 from einops import rearrange
 from torch import nn
 
+from .conditions import FrameConditions
+
 TEXT_CONTEXT_LEN = 77
 
 # On CPU in bf16, short key sequences (16-frame temporal attention, 77-token text cross-attention) run faster as an
@@ -143,6 +145,14 @@ class Attention(nn.Module):
             out = out + _row_weight(self.image_weight(image_scale), out) * _attend(q, k_ip, v_ip, self.scale)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
+    @torch.no_grad()
+    def init_identity(self) -> list[str]:
+        """An image stream added to a trained text model starts silent: its value projection is zero."""
+        if not self.image_attention:
+            return []
+        nn.init.zeros_(self.to_v_ip.weight)
+        return ["to_v_ip"]
+
     def image_weight(self, scale: float | torch.Tensor | None = None) -> torch.Tensor | float:
         """λ_v: the call's ``scale`` (else the configured one), times ``tanh(alpha) + 1`` when learnable."""
         scale = self.image_scale if scale is None else scale
@@ -259,6 +269,10 @@ class SpatialTransformer(nn.Module):
             x = self.proj_out(x)
         return x + x_in
 
+    def unet_forward(self, x: torch.Tensor, emb: torch.Tensor, cond: FrameConditions, num_frames: int) -> torch.Tensor:
+        """The layer protocol of :mod:`vidiff.models.conditions`: per-frame text and image tokens and weights."""
+        return self(x, cond.text, cond.image, cond.text_scale, cond.image_scale)
+
 
 class TemporalTransformer(nn.Module):
     """Attention across frames at every pixel; input and output are videos (b, C, t, H, W).
@@ -354,3 +368,24 @@ class TemporalTransformer(nn.Module):
         # x_in first: the sum takes the input's memory layout, so an identity-initialised layer changes nothing
         # downstream (the next convolution sees the strides it saw without this layer: tests/test_inflation.py)
         return x_in + rearrange(x, "(b h w) c t -> b c t h w", b=b, h=h, w=w)
+
+    def unet_forward(self, x: torch.Tensor, emb: torch.Tensor, cond: FrameConditions, num_frames: int) -> torch.Tensor:
+        """The layer protocol of :mod:`vidiff.models.conditions` (folded frames in and out)."""
+        x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
+        return rearrange(self(x, cond.video_text), "b c t h w -> (b t) c h w")
+
+    @torch.no_grad()
+    def init_identity(self) -> list[str]:
+        """Zero the output projection (and the new absolute positions and text attention): inside the residual, the
+        layer then passes its input through."""
+        zeroed = ["proj_out"]
+        for p in self.proj_out.parameters():
+            nn.init.zeros_(p)
+        if self.position_embedding is not None:
+            nn.init.zeros_(self.position_embedding)
+            zeroed.append("position_embedding")
+        if self.text_attention is not None:
+            for p in self.text_attention.to_out.parameters():
+                nn.init.zeros_(p)
+            zeroed.append("text_attention.to_out")
+        return zeroed

@@ -48,28 +48,15 @@ def _zero(module: nn.Module) -> None:
 
 @torch.no_grad()
 def init_identity_layers(unet: nn.Module) -> list[str]:
-    """Zero the output of every temporal layer, the fps embedding and the image-stream values of ``unet`` (a
-    :class:`~vidiff.models.unet3d.UNet3DModel`), so each of them contributes nothing; returns the zeroed names."""
-    from vidiff.models.attention import Attention, TemporalTransformer
-    from vidiff.models.resnet import TemporalConvBlock
-
+    """Make every layer of ``unet`` (a :class:`~vidiff.models.unet3d.UNet3DModel`) that can start as an identity
+    contribute nothing: each module with an ``init_identity()`` method (temporal conv blocks, temporal transformers,
+    image streams, and any registered layer type that defines one) zeroes its output, and the fps and pooled-text
+    embeddings their last layers. Returns the zeroed names."""
     zeroed: list[str] = []
     for name, module in unet.named_modules():
-        if isinstance(module, TemporalConvBlock):
-            _zero(module.conv4[-1])
-            zeroed.append(f"{name}.conv4")
-        elif isinstance(module, TemporalTransformer):
-            _zero(module.proj_out)
-            zeroed.append(f"{name}.proj_out")
-            if module.position_embedding is not None:
-                nn.init.zeros_(module.position_embedding)
-                zeroed.append(f"{name}.position_embedding")
-            if module.text_attention is not None:
-                _zero(module.text_attention.to_out)
-                zeroed.append(f"{name}.text_attention.to_out")
-        elif isinstance(module, Attention) and module.image_attention:
-            _zero(module.to_v_ip)
-            zeroed.append(f"{name}.to_v_ip")
+        init = getattr(module, "init_identity", None)
+        if callable(init) and module is not unet:
+            zeroed += [f"{name}.{part}" for part in init()]
     fps = getattr(unet, "fps_embedding", None)
     if fps is not None:
         _zero(fps[-1])

@@ -35,6 +35,13 @@ class TemporalConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv4(self.conv3(self.conv2(self.conv1(x))))
 
+    @torch.no_grad()
+    def init_identity(self) -> list[str]:
+        """Zero the last convolution: the residual then passes its input through."""
+        for p in self.conv4[-1].parameters():
+            nn.init.zeros_(p)
+        return ["conv4"]
+
 
 class ResBlock(nn.Module):
     """Frame-wise ResBlock with an additive timestep term and an optional temporal conv block."""
@@ -66,6 +73,10 @@ class ResBlock(nn.Module):
             h = rearrange(h, "(b t) c h w -> b c t h w", t=num_frames)
             h = rearrange(self.temporal_conv(h), "b c t h w -> (b t) c h w")
         return h
+
+    def unet_forward(self, x: torch.Tensor, emb: torch.Tensor, cond, num_frames: int) -> torch.Tensor:
+        """The layer protocol of :mod:`vidiff.models.conditions`."""
+        return self(x, emb, num_frames)
 
 
 class Downsample(nn.Module):

@@ -7,8 +7,6 @@ built by small factory methods so later architectures (pyramid attention, other 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import get_timestep_embedding
@@ -16,9 +14,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
 
-from .attention import TEXT_CONTEXT_LEN, SpatialTransformer, TemporalTransformer
+from .attention import TEXT_CONTEXT_LEN
+from .conditions import FrameConditions, UNetLevel
 from .feature_cache import AttentionBroadcast, DeepCache
-from .resnet import Downsample, GroupNorm32, ResBlock, Upsample
+from .layers import build_layer, check_layer_config, lvdm_temporal_transformer
+from .resnet import Downsample, GroupNorm32, Upsample
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -26,37 +26,12 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
 
 
-@dataclass
-class FrameConditions:
-    """What the layers of one U-Net call read besides the features, frames folded into the batch as ``(b t)``.
-
-    ``text``/``image``: ((b t), L, C) tokens for the spatial cross-attention (the image stream of a dual
-    cross-attention layer); ``text_scale``/``image_scale``: the streams' weights, a float or one per (b t) row
-    (``image_scale`` None: each layer's configured λ); ``video_text``: (b, L, C), one caption per video, for temporal
-    layers that read the text.
-    """
-
-    text: torch.Tensor | None = None
-    image: torch.Tensor | None = None
-    text_scale: float | torch.Tensor = 1.0
-    image_scale: float | torch.Tensor | None = None
-    video_text: torch.Tensor | None = None
-
-
 class BlockSequence(nn.Sequential):
-    """A U-Net stage: dispatches (emb, conditions, frame count) to each layer by its kind."""
+    """A U-Net stage: calls each layer through the layer protocol (:mod:`vidiff.models.conditions`)."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, cond: FrameConditions, num_frames: int) -> torch.Tensor:
         for layer in self:
-            if isinstance(layer, ResBlock):
-                x = layer(x, emb, num_frames)
-            elif isinstance(layer, SpatialTransformer):
-                x = layer(x, cond.text, cond.image, cond.text_scale, cond.image_scale)
-            elif isinstance(layer, TemporalTransformer):
-                x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
-                x = rearrange(layer(x, cond.video_text), "b c t h w -> (b t) c h w")
-            else:
-                x = layer(x)
+            x = layer.unet_forward(x, emb, cond, num_frames) if hasattr(layer, "unet_forward") else layer(x)
         return x
 
 
@@ -112,8 +87,11 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         pooled_text_condition: bool = False,
         temporal_position_embedding: bool = False,
         temporal_text_attention: bool = False,
+        layer_types: dict[str, str] | None = None,
+        layer_options: dict[str, dict] | None = None,
     ):
         super().__init__()
+        check_layer_config(layer_types, layer_options)
         self.gradient_checkpointing = False
         emb_dim = model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -124,17 +102,18 @@ class UNet3DModel(ModelMixin, ConfigMixin):
 
         self.input_blocks = nn.ModuleList([BlockSequence(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
         if addition_attention:
-            self.init_attn = self._temporal_transformer(
-                model_channels, init_attention_heads, transformer_depth, use_linear=False
-            )
+            self.init_attn = lvdm_temporal_transformer(self.config, model_channels, init_attention_heads,
+                                                       transformer_depth, use_linear=False)
+        levels = len(channel_mult)
         skip_channels = [model_channels]
         ch, ds = model_channels, 1
         for level, mult in enumerate(channel_mult):
+            where = UNetLevel(level, levels, "down")
             for _ in range(num_res_blocks):
-                layers = [self._res_block(ch, mult * model_channels)]
+                layers = [self._res_block(ch, mult * model_channels, where)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
-                    layers += self._attention_layers(ch)
+                    layers += self._attention_layers(ch, where)
                 self.input_blocks.append(BlockSequence(*layers))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
@@ -142,15 +121,18 @@ class UNet3DModel(ModelMixin, ConfigMixin):
                 skip_channels.append(ch)
                 ds *= 2
 
-        self.middle_block = BlockSequence(self._res_block(ch, ch), *self._attention_layers(ch), self._res_block(ch, ch))
+        middle = UNetLevel(levels - 1, levels, "middle")
+        self.middle_block = BlockSequence(self._res_block(ch, ch, middle), *self._attention_layers(ch, middle),
+                                          self._res_block(ch, ch, middle))
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
+            where = UNetLevel(level, levels, "up")
             for i in range(num_res_blocks + 1):
-                layers = [self._res_block(ch + skip_channels.pop(), mult * model_channels)]
+                layers = [self._res_block(ch + skip_channels.pop(), mult * model_channels, where)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
-                    layers += self._attention_layers(ch)
+                    layers += self._attention_layers(ch, where)
                 if level and i == num_res_blocks:
                     layers.append(Upsample(ch))
                     ds //= 2
@@ -158,53 +140,23 @@ class UNet3DModel(ModelMixin, ConfigMixin):
 
         self.out = nn.Sequential(GroupNorm32(32, ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1))
 
-    # -- block factories (override or replace to build other architectures on the same skeleton) --
-    def _res_block(self, ch: int, out_ch: int) -> ResBlock:
-        cfg = self.config
-        return ResBlock(ch, cfg.model_channels * 4, cfg.dropout, out_ch, cfg.temporal_conv, cfg.temporal_conv_dropout)
+    # -- block factories: the layer types of the config (vidiff.models.layers), built with their level --
+    def _res_block(self, ch: int, out_ch: int, level: UNetLevel) -> nn.Module:
+        return build_layer("resblock", self.config, ch, out_ch, level)
 
-    def _heads(self, ch: int) -> tuple[int, int]:
-        return ch // self.config.num_head_channels, self.config.num_head_channels
-
-    def _attention_layers(self, ch: int) -> list[nn.Module]:
-        cfg = self.config
-        heads, dim_head = self._heads(ch)
-        layers: list[nn.Module] = [
-            SpatialTransformer(
-                ch,
-                heads,
-                dim_head,
-                cfg.transformer_depth,
-                cfg.context_dim,
-                0.0,  # the official transformers are built without dropout
-                cfg.use_linear,
-                image_attention=cfg.image_cross_attention,
-                image_scale=cfg.image_cross_attention_scale,
-                image_scale_learnable=cfg.image_cross_attention_scale_learnable,
-                text_context_len=cfg.text_context_len,
-                truncate_text_context=cfg.truncate_text_context,
-            )
-        ]
-        if cfg.temporal_attention:
-            layers.append(self._temporal_transformer(ch, heads, cfg.temporal_transformer_depth, cfg.use_linear))
+    def _attention_layers(self, ch: int, level: UNetLevel) -> list[nn.Module]:
+        layers = [build_layer("spatial_attention", self.config, ch, ch, level)]
+        if self.config.temporal_attention:
+            layers.append(build_layer("temporal_attention", self.config, ch, ch, level))
         return layers
 
-    def _temporal_transformer(self, ch: int, heads: int, depth: int, use_linear: bool) -> TemporalTransformer:
-        cfg = self.config
-        return TemporalTransformer(
-            ch,
-            heads,
-            cfg.num_head_channels,
-            depth,
-            0.0,
-            use_linear,
-            relative_position=cfg.use_relative_position,
-            temporal_length=cfg.temporal_length,
-            causal=cfg.use_causal_attention,
-            position_embedding=cfg.temporal_position_embedding,
-            text_context_dim=cfg.context_dim if cfg.temporal_text_attention else None,
-            text_context_len=cfg.text_context_len if cfg.image_cross_attention else None,  # text tokens only
-        )
+    def init_identity_layers(self) -> list[str]:
+        """Make every temporal layer, the fps / pooled-text embeddings and the image stream contribute nothing (zero
+        output projections inside residuals), as when they are added to a trained model; returns the names zeroed.
+        See :mod:`vidiff.models.inflation`."""
+        from .inflation import init_identity_layers
+
+        return init_identity_layers(self)
 
     # -- forward --
     def split_context(

@@ -1,0 +1,52 @@
+"""What the layers of a U-Net call receive besides their features: the conditions of the call and their own level.
+
+Every layer a :class:`~vidiff.models.unet3d.BlockSequence` holds follows one protocol,
+``unet_forward(x, emb, cond, num_frames)`` on folded frames ``((b t), C, H, W)``; a layer that needs none of it (a
+convolution, a down- or upsampler) is called as ``layer(x)``. Layers are built by factories that receive their
+:class:`UNetLevel`, so a layer that differs by resolution (a pyramid of temporal attention, a kernel size per level)
+is a config entry (:mod:`vidiff.models.layers`), not a U-Net subclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["FrameConditions", "UNetLevel"]
+
+
+@dataclass
+class FrameConditions:
+    """The conditions of one U-Net call, frames folded into the batch as ``(b t)``.
+
+    ``text``/``image``: ((b t), L, C) tokens for the spatial cross-attention (the image stream of a dual
+    cross-attention layer); ``text_scale``/``image_scale``: the streams' weights, a float or one per (b t) row
+    (``image_scale`` None: each layer's configured λ); ``video_text``: (b, L, C), one caption per video, for temporal
+    layers that read the text.
+    """
+
+    text: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+    text_scale: float | torch.Tensor = 1.0
+    image_scale: float | torch.Tensor | None = None
+    video_text: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class UNetLevel:
+    """Where a layer sits: ``index`` of its resolution level (0 = full latent resolution) of ``num_levels``,
+    ``factor`` its downsampling (2 ** index), ``stage`` "down", "middle" or "up"."""
+
+    index: int
+    num_levels: int
+    stage: str
+
+    @property
+    def factor(self) -> int:
+        return 2**self.index
+
+    @property
+    def depth(self) -> float:
+        """0 at full resolution, 1 at the coarsest level (the middle block)."""
+        return self.index / max(self.num_levels - 1, 1)
