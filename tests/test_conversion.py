@@ -93,6 +93,11 @@ def test_convert_writes_loadable_folder(tiny_ckpt, tmp_path):
     assert set(index["ignored_keys"]) == {"cond_stage_model.model.text_projection", "cond_stage_model.model.logit_scale"}
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (out / sub).is_dir()
+    assert index["component_classes"] == {  # each component's class, recorded for loading
+        "text_encoder": "vidiff.models.text_encoder:OpenCLIPTextEncoder",
+        "unet": "vidiff.models.unet3d:UNet3DModel",
+        "vae": "vidiff.models.autoencoder:LDMAutoencoderKL",
+    }
     # existing folder without --overwrite: clear error, folder untouched
     before = sorted(p.name for p in out.iterdir())
     assert cli_main(_convert_args(path, out)) == 2

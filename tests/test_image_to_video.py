@@ -256,7 +256,6 @@ def test_pipeline_rejects_bad_inputs(pipe, images, tmp_path):
 def _vc_pipeline() -> ImageToVideoPipeline:
     """VideoCrafter-i2v flavour from the fixture U-Net (variant vc1_i2v_512) and small seeded encoders."""
     from vidiff.conversion.common import strip_prefix
-    from vidiff.conversion.lvdm import FAMILIES
     from vidiff.conversion.unet import (
         convert_unet,
         expected_unet_shapes,
@@ -265,6 +264,7 @@ def _vc_pipeline() -> ImageToVideoPipeline:
     )
     from vidiff.conversion.vae import build_vae, convert_vae
     from vidiff.diffusion.schedule import schedule_from_official_params
+    from vidiff.model_folder import FAMILIES
     from vidiff.models.image_encoder import OpenCLIPImageEncoder
     from vidiff.models.resampler import Resampler
     from vidiff.models.text_encoder import OpenCLIPTextEncoder

@@ -575,6 +575,8 @@ def test_dynamicrafter_two_stage_image_to_video_training(tmp_path):
     index = json.loads((first.model_dir / "model_index.json").read_text())
     assert index["_class_name"] == "ImageToVideoPipeline" and index["flavour"] == "dc"
     assert (first.model_dir / "image_projector").is_dir() and (first.model_dir / "image_encoder").is_dir()
+    assert index["component_classes"]["image_projector"] == "vidiff.models.resampler:Resampler"
+    assert index["component_classes"]["unet"] == "vidiff.models.unet3d:UNet3DModel"
     stage2 = tiny_config(tmp_path / "stage2", task="i2v", train={"max_steps": 1, "trainable": ["*"], "ema": False},
                          optim={"lr": 1e-3, "warmup_steps": 0},
                          export={"at_end": True}, sample={"at_end": True, "steps": 2, "num_reconstructions": 1})

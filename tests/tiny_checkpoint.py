@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lvdm_fixtures import fixture_folders, load_config, load_tensors  # noqa: E402
 
 from vidiff.conversion.common import strip_prefix  # noqa: E402
-from vidiff.conversion.lvdm import FAMILIES  # noqa: E402
 from vidiff.conversion.unet import expected_unet_shapes, rename_official_key, unet_config_from_official  # noqa: E402
 from vidiff.diffusion.schedule import schedule_from_official_params  # noqa: E402
+from vidiff.model_folder import FAMILIES  # noqa: E402
 
 UNET_VARIANT = "vc2_t2v_512"
 TEXT_LAYERS, TEXT_HEADS, VOCAB, CONTEXT = 2, 2, 49408, 77

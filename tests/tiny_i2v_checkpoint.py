@@ -29,9 +29,9 @@ from lvdm_fixtures import fixture_folders, load_config, load_tensors  # noqa: E4
 from tiny_checkpoint import TEXT_HEADS, openclip_text_tower  # noqa: E402
 
 from vidiff.conversion.common import strip_prefix  # noqa: E402
-from vidiff.conversion.lvdm import FAMILIES  # noqa: E402
 from vidiff.conversion.unet import expected_unet_shapes, rename_official_key, unet_config_from_official  # noqa: E402
 from vidiff.diffusion.schedule import schedule_from_official_params  # noqa: E402
+from vidiff.model_folder import FAMILIES  # noqa: E402
 
 FAMILY = "dc_512"
 UNET_VARIANT = "dc_512_1024"

@@ -27,7 +27,7 @@ from .cli_common import (
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from .conversion.families import FAMILIES
+    from .model_folder import FAMILIES
 
     p = sub.add_parser("convert", help="convert an official VideoCrafter/DynamiCrafter checkpoint into a vidiff model folder")
     p.add_argument("checkpoint", help="official .ckpt/.pt/.pth (Lightning, plain or DeepSpeed layout) or .safetensors")

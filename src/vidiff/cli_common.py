@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .model_folder import INDEX_NAME
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 SEED_RANGE = 2**64  # torch.Generator.manual_seed takes 64-bit seeds
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$")
@@ -194,17 +196,9 @@ def check_output_path(path: str, suffixes: tuple[str, ...] = (".mp4", ".png")) -
 
 def check_model_folder(model: str) -> dict:
     """The folder's model_index.json, read without torch so a wrong --model fails at once."""
-    import json
+    from .model_folder import read_index
 
-    index = Path(model) / "model_index.json"
-    if not Path(model).exists():
-        raise ValueError(f"model folder not found: {model}")
-    if not index.is_file():
-        raise ValueError(f"{model} is not a vidiff model folder (no model_index.json); convert a checkpoint first")
-    try:
-        return json.loads(index.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {index}: {err}") from None
+    return read_index(model, ValueError)
 
 
 def check_runtime_args(args: argparse.Namespace) -> None:
@@ -243,14 +237,10 @@ def probe_verdict(video_uint8, prompt: str, model: str, fps: float | None, condi
     """One line saying what the shapes-world probes read from a generated clip, e.g.
     ``probe: blue square, moving up ✓`` (or ``✗ colour: expected blue, saw red``), for models trained on the shapes
     world and prompts in its vocabulary; None otherwise (nothing to check against)."""
-    import json
+    from .model_folder import try_read_index
 
-    index = Path(model) / "model_index.json"
-    try:
-        meta = json.loads(index.read_text())
-    except (OSError, ValueError):
-        return None
-    if "vocabulary" not in meta:
+    meta = try_read_index(model)
+    if meta is None or "vocabulary" not in meta:
         return None
     from .data.shapes import ShapesWorldConfig, parse_caption
     from .eval.probes import CORE_PROBES, probe_video
@@ -314,6 +304,6 @@ def resolve_model(model: str | None, kind: str) -> str:
     if model is not None:
         return model
     default = EMBEDDED_MODELS / f"shapes_{kind}"
-    if not (default / "model_index.json").is_file():
+    if not (default / INDEX_NAME).is_file():
         raise ValueError(f"no --model given and no embedded default {kind} model is installed at {default}")
     return str(default)

@@ -15,7 +15,7 @@ from .image_encoder import convert_image_encoder
 from .resampler import convert_resampler
 
 if TYPE_CHECKING:
-    from .families import Family
+    from ..model_folder import Family
 
 I2V_BUILDERS = {"image_encoder": OpenCLIPImageEncoder.from_config, "image_projector": Resampler.from_config}
 

@@ -7,7 +7,6 @@ listed below and by each converter); anything else is an error, as is any missin
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,9 +15,9 @@ from pathlib import Path
 import torch
 
 from ..diffusion.schedule import OFFICIAL_BUFFER_NAMES, NoiseSchedule, schedule_from_official_params
+from ..model_folder import FAMILIES, Family, write_index
 from .common import ConversionError, load_official_state_dict, strip_prefix
 from .component import ConvertedComponent
-from .families import FAMILIES, Family
 from .text_encoder import convert_text_encoder
 from .unet import convert_unet
 from .vae import convert_vae
@@ -191,10 +190,12 @@ def save_model_folder(converted: ConvertedCheckpoint, out_dir: str | os.PathLike
     from ..models.tokenizer import OpenCLIPTokenizer
 
     out = Path(out_dir)
+    modules = {}
     for name, comp in converted.components.items():
         model = _build(name, comp.config)
         model.load_state_dict(_cast(comp.state_dict, dtype), strict=True, assign=True)
         model.save_pretrained(out / name)
+        modules[name] = model
     context = converted.components["text_encoder"].config.get("context_length", 77)
     OpenCLIPTokenizer(context_length=context).save_pretrained(out / "tokenizer")
     converted.schedule.save_pretrained(out / "scheduler")
@@ -207,7 +208,7 @@ def save_model_folder(converted: ConvertedCheckpoint, out_dir: str | os.PathLike
         "defaults": fam.defaults,
         "ignored_keys": converted.ignored,
     }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_index(out, index, modules)
 
 
 def convert_checkpoint(

@@ -44,6 +44,7 @@ from vidiff.eval.report import (
     paired_quality,
 )
 from vidiff.eval.suite import FLOOR_STREAM, GROUND_TRUTH_STREAM, PromptSuite
+from vidiff.model_folder import read_index
 
 __all__ = ["AUTOENCODER_CLASSES", "evaluate_autoencoder", "load_autoencoder_folder", "round_trip"]
 
@@ -73,7 +74,7 @@ def _resolve_folder(folder: Path) -> tuple[Path, dict[str, Any] | None, str]:
         if not (vae_dir / "config.json").is_file():
             raise EvalError(f"{folder} is a model folder without a vae/ subfolder (vae/config.json); --autoencoder "
                             f"takes {_EXPECTED}")
-        return vae_dir, _read_json(index_path).get("training"), "model_index.json training.config.data.videos"
+        return vae_dir, read_index(folder, EvalError).get("training"), "model_index.json training.config.data.videos"
     if not (folder / "config.json").is_file():
         raise EvalError(f"{folder} is not an autoencoder folder (no config.json or model_index.json); --autoencoder "
                         f"takes {_EXPECTED}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vidiff.model_folder import try_read_index
 from vidiff.utils.io import atomic_write_text
 
 __all__ = ["image_suite", "evaluate_image_model", "is_image_model"]
@@ -24,9 +25,8 @@ IMAGE_PROBES = ("colour", "shape", "size", "background")
 
 def is_image_model(folder: str | Path) -> bool:
     """A model folder exported by the t2i task (or any folder whose default clip is one frame)."""
-    try:
-        index = json.loads((Path(folder) / "model_index.json").read_text())
-    except (OSError, ValueError):
+    index = try_read_index(folder)
+    if index is None:
         return False
     return index.get("modality") == "image" or index.get("defaults", {}).get("num_frames") == 1
 

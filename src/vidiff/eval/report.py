@@ -40,6 +40,7 @@ from vidiff.eval.suite import (
     PromptSuite,
     world_config_from_dict,
 )
+from vidiff.model_folder import read_index
 from vidiff.utils.io import atomic_write_json, atomic_write_text, atomic_write_with
 
 __all__ = [
@@ -582,13 +583,7 @@ def _read_condition(folder: Path, image: str | None, size: tuple[int, int], mani
 def _model_index(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise EvalError(f"{folder} is not a vidiff model folder (no model_index.json); convert a checkpoint or train one")
-    try:
-        return json.loads(index.read_text())
-    except json.JSONDecodeError as err:
-        raise EvalError(f"{index} is not valid JSON: {err}") from None
+    return read_index(folder, EvalError)
 
 
 def _training_world(index: dict[str, Any], where: str = "model_index.json training.config.data.videos"

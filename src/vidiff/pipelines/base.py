@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
 import re
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..model_folder import load_component as _load_component
+from ..model_folder import read_index
 from ..models.autoencoder import decode_video, spatial_factor_of
 
 OUTPUT_TYPES = ("pt", "np", "latent")
@@ -37,41 +37,14 @@ class PipelineError(ValueError):
 
 
 def read_model_index(folder: str | os.PathLike) -> dict:
-    path = Path(folder)
-    if not path.is_dir():
-        raise PipelineError(f"model folder not found: {path}")
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise PipelineError(f"{path} is not a vidiff model folder (no model_index.json); convert a checkpoint first")
-    try:
-        return json.loads(index.read_text())
-    except json.JSONDecodeError as err:
-        raise PipelineError(f"{index} is not valid JSON: {err}") from None
+    """The folder's ``model_index.json`` (:func:`vidiff.model_folder.read_index`), errors as :class:`PipelineError`."""
+    return read_index(folder, PipelineError)
 
 
-def load_component(folder: Path, name: str, torch_dtype: torch.dtype | None) -> torch.nn.Module:
-    """Load ``folder/name`` with the class that component is stored as."""
-    from ..models.autoencoder import LDMAutoencoderKL
-    from ..models.image_encoder import OpenCLIPImageEncoder
-    from ..models.resampler import Resampler
-    from ..models.text_encoder import OpenCLIPTextEncoder
-    from ..models.unet3d import UNet3DModel
-
-    loaders: dict[str, Callable] = {
-        "unet": UNet3DModel.from_pretrained,
-        "vae": LDMAutoencoderKL.from_pretrained,
-        "text_encoder": OpenCLIPTextEncoder.from_pretrained,
-        "image_encoder": OpenCLIPImageEncoder.from_pretrained,
-        "image_projector": Resampler.from_pretrained,
-    }
-    sub = folder / name
-    if not sub.is_dir():
-        raise PipelineError(f"model folder {folder} lacks its {name}/ component")
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    try:
-        return loaders[name](sub, **kwargs).eval()
-    except (FileNotFoundError, OSError, ValueError) as err:
-        raise PipelineError(f"cannot load {sub}: {err}") from None
+def load_component(folder: Path, name: str, torch_dtype: torch.dtype | None, index: dict | None = None
+                   ) -> torch.nn.Module:
+    """Load ``folder/name`` with the class the folder records for it (:func:`vidiff.model_folder.load_component`)."""
+    return _load_component(folder, name, torch_dtype, index, error=PipelineError)
 
 
 def as_prompt_list(prompt: str | list[str], what: str) -> list[str]:

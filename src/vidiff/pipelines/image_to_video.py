@@ -159,7 +159,7 @@ def concat_condition(first: torch.Tensor, num_frames: int, last: torch.Tensor | 
 
 
 def _base_defaults(family: str | None, flavour: str) -> dict:
-    from ..conversion.families import FAMILIES
+    from ..model_folder import FAMILIES
 
     fam = FAMILIES.get(family or "") or FAMILIES["vc1_i2v_512" if flavour == "vc" else "dc_512"]
     return dict(fam.defaults)
@@ -241,12 +241,12 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
         except (FileNotFoundError, ValueError, OSError) as err:
             raise PipelineError(f"cannot load {folder}: {err}") from None
         pipe = cls(
-            unet=load_component(folder, "unet", torch_dtype),
-            vae=load_component(folder, "vae", None),  # cheap and precision-sensitive: always float32
-            text_encoder=load_component(folder, "text_encoder", torch_dtype),
+            unet=load_component(folder, "unet", torch_dtype, index),
+            vae=load_component(folder, "vae", None, index),  # cheap and precision-sensitive: always float32
+            text_encoder=load_component(folder, "text_encoder", torch_dtype, index),
             tokenizer=tokenizer,
-            image_encoder=load_component(folder, "image_encoder", torch_dtype),
-            image_projector=load_component(folder, "image_projector", torch_dtype),
+            image_encoder=load_component(folder, "image_encoder", torch_dtype, index),
+            image_projector=load_component(folder, "image_projector", torch_dtype, index),
             schedule=schedule,
             flavour=flavour,
             family=index.get("family"),

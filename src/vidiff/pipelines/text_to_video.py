@@ -59,9 +59,9 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         if index.get("_class_name") not in (None, "TextToVideoPipeline"):
             raise PipelineError(f"{folder} holds a {index['_class_name']!r} model; use the matching pipeline (vidiff animate)")
         pipe = cls(
-            unet=load_component(folder, "unet", torch_dtype),
-            vae=load_component(folder, "vae", None),
-            text_encoder=load_component(folder, "text_encoder", torch_dtype),
+            unet=load_component(folder, "unet", torch_dtype, index),
+            vae=load_component(folder, "vae", None, index),
+            text_encoder=load_component(folder, "text_encoder", torch_dtype, index),
             tokenizer=OpenCLIPTokenizer.from_pretrained(folder / "tokenizer"),
             schedule=NoiseSchedule.from_pretrained(folder / "scheduler"),
             defaults=index.get("defaults"),

@@ -9,7 +9,6 @@ export of an earlier stage).
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from vidiff.diffusion.schedule import NoiseSchedule
+from vidiff.model_folder import read_index
 from vidiff.models.tokenizer import OpenCLIPTokenizer
 from vidiff.training.config import ComponentConfig, ConfigError, ModelConfig
 
@@ -100,12 +100,9 @@ class VideoComponents:
 def _init_index(init_from: str | None) -> dict[str, Any]:
     if init_from is None:
         return {}
-    index = Path(init_from) / "model_index.json"
     if not Path(init_from).is_dir():
         raise ConfigError(f"model.init_from: {init_from} is not a folder")
-    if not index.is_file():
-        raise ConfigError(f"model.init_from: {init_from} has no model_index.json (not a vidiff model folder)")
-    return json.loads(index.read_text())
+    return read_index(init_from, ConfigError)
 
 
 def build_video_components(cfg: ModelConfig, task: str = "t2v") -> VideoComponents:

@@ -19,6 +19,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from vidiff.model_folder import write_index
 from vidiff.training.config import ConfigError, RunConfig, config_to_dict
 from vidiff.training.losses import (
     autoencoder_loss,
@@ -328,7 +329,7 @@ class TextToVideoTask:
             from vidiff.data.shapes import vocabulary
 
             index["vocabulary"] = sorted(vocabulary())
-        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_index(folder, index, mods)
 
 
 class TextToImageTask(TextToVideoTask):
