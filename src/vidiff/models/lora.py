@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 import re
 import warnings
@@ -208,8 +209,7 @@ def _inject(unet: nn.Module, modules: list[str], ranks: Mapping[str, int], alpha
 def add_lora(unet: nn.Module, rank: int, alpha: float | None = None, targets: Sequence[str] = ("spatial",),
              dropout: float = 0.0, adapter_name: str = "default") -> list[str]:
     """Add a fresh, trainable adapter (B = 0, so the model is unchanged until it trains); returns the adapted module
-    names. Only the adapter's parameters have ``requires_grad`` afterwards is *not* implied: see
-    :func:`lora_parameters`."""
+    names. PEFT leaves only adapter parameters with ``requires_grad``; :func:`lora_parameters` lists this one's."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise LoraError(f"LoRA rank must be a positive integer, got {rank!r}")
     alpha = float(rank if alpha is None else alpha)
@@ -235,8 +235,7 @@ def set_lora_scales(unet: nn.Module, scales: Mapping[str, float]) -> None:
     for name, scale in scales.items():
         if name not in reg:
             raise LoraError(f"no LoRA named {name!r} is loaded (loaded: {', '.join(reg) or 'none'})")
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not float(scale) == float(scale) \
-                or abs(float(scale)) == float("inf"):
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
             raise LoraError(f"LoRA scale must be a finite number, got {scale!r}")
         reg[name] = float(scale)
     active = [n for n, s in reg.items() if s != 0.0]

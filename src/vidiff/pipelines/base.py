@@ -171,8 +171,8 @@ class VideoDiffusionPipeline:
         """``loras``: a path, a (path, scale) pair, or a list of either (None: nothing)."""
         if loras is None:
             return []
-        if isinstance(loras, str | os.PathLike) or (isinstance(loras, tuple) and len(loras) == 2
-                                                     and not isinstance(loras[1], str | os.PathLike | tuple)):
+        single_pair = isinstance(loras, tuple) and len(loras) == 2 and isinstance(loras[1], numbers.Real)
+        if isinstance(loras, str | os.PathLike) or single_pair:
             loras = [loras]
         names = []
         for item in loras:
