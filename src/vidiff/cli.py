@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import __version__, cli_animate, cli_edit, cli_eval, cli_serve, cli_train
+from . import __version__, cli_animate, cli_edit, cli_eval, cli_lora, cli_serve, cli_train
 from .cli_common import (
     DTYPES,
     ArgumentParser,
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_edit.add_parser(sub)
     cli_eval.add_parser(sub)
     cli_train.add_parser(sub)
+    cli_lora.add_parser(sub)
     cli_serve.add_parser(sub)
     return parser
 
@@ -115,7 +116,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipelines.text_to_video import TextToVideoPipeline
 
     start = time.time()
-    pipe = TextToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device)
+    pipe = TextToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
+                                               lora=args.lora)
     fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 1)
     frames = args.frames
     if frames is None and args.output.endswith(".png"):
@@ -148,7 +150,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run, "edit": cli_edit.run,
-            "eval": cli_eval.run, "train": cli_train.run, "serve": cli_serve.run}
+            "eval": cli_eval.run, "train": cli_train.run, "serve": cli_serve.run,
+            "lora": cli_lora.run}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

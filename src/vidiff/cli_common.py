@@ -144,6 +144,48 @@ def add_sampler_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                         "temporal for 4, cross-attention for 6 (default off)")
 
 
+def parse_lora_spec(text: str) -> tuple[str, float]:
+    """``PATH[:scale]`` -> (path, scale); the scale (default 1) is the part after the last colon when it is a number.
+
+    A path that itself holds a colon works whenever the text after its last colon is not a number; ``PATH:`` or a
+    non-numeric scale after a colon is an error only if ``PATH`` without it exists (so the mistake is the scale).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("a LoRA must be given as PATH or PATH:SCALE, got an empty string")
+    head, sep, tail = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        scale = float(tail)
+    except ValueError:
+        if Path(head).exists() and not Path(text).exists():
+            raise ValueError(f"bad LoRA scale {tail!r} in {text!r}: write PATH:SCALE with a number, e.g. "
+                             f"{head}:0.8") from None
+        return text, 1.0
+    if not head:
+        raise ValueError(f"{text!r} has a scale but no path: write PATH:SCALE")
+    if scale != scale or abs(scale) == float("inf"):
+        raise ValueError(f"bad LoRA scale {tail!r} in {text!r}: it must be a finite number")
+    return head, scale
+
+
+def lora_arg(text: str) -> tuple[str, float]:
+    """``PATH[:SCALE]`` of an existing LoRA file (scale default 1), checked before torch loads."""
+    try:
+        path, scale = parse_lora_spec(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"LoRA file not found: {path}" if not Path(path).exists()
+                                         else f"LoRA path {path} is not a file")
+    return path, scale
+
+
+def add_lora_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--lora", type=lora_arg, action="append", metavar="PATH[:SCALE]",
+                   help="load a LoRA file onto the model, at SCALE (default 1); repeat for several (docs/lora.md)")
+
+
 def deep_cache_arg(args: argparse.Namespace) -> int | tuple[int, int] | None:
     """The pipelines' ``deep_cache`` from --deep-cache / --deep-cache-depth (a depth alone is an error)."""
     if args.deep_cache is None:
@@ -166,6 +208,7 @@ def add_sampling_args(p: argparse.ArgumentParser, default_output: str) -> None:
                    help="noise of the stochastic samplers (ddim, euler_a, dpmpp_2m_sde) in [0, 1]: 0 deterministic, "
                         "1 as the official scripts (default: the model's)")
     add_sampler_args(p)
+    add_lora_arg(p)
     p.add_argument("--frames", type=positive_int, help="number of frames (default: the model's)")
     p.add_argument("--height", type=positive_int, help="height in pixels (default: the model's)")
     p.add_argument("--width", type=positive_int, help="width in pixels (default: the model's)")

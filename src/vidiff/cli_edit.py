@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from .pipelines.video_to_video import VideoToVideoPipeline
 
     start = time.time()
-    pipe = VideoToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device)
+    pipe = VideoToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
+                                                lora=args.lora)
     fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 1)
     out = pipe(
         args.video,

@@ -15,6 +15,7 @@ from .cli_common import (
     DTYPES,
     SAMPLER_CHOICES,
     SPACING_CHOICES,
+    add_lora_arg,
     add_runtime_args,
     apply_runtime_args,
     non_negative_float,
@@ -26,7 +27,7 @@ DEFAULT_SUITE = "seen,heldout"
 # Options that only make sense when vidiff generates the videos itself.
 _GENERATION_ONLY = ("steps", "guidance", "guidance_rescale", "image_guidance", "eta", "sampler", "timestep_spacing",
                     "deep_cache", "deep_cache_depth", "attention_broadcast", "negative_prompt", "frames", "height",
-                    "width", "fps", "suite", "per_triple", "max_triples", "per_prompt")
+                    "width", "fps", "lora", "suite", "per_triple", "max_triples", "per_prompt")
 # Of those, the ones about sampling itself (the suite options also select what --autoencoder round-trips).
 _SAMPLING_ONLY = tuple(n for n in _GENERATION_ONLY if n not in ("suite", "per_triple", "max_triples", "per_prompt"))
 _SOURCES = ("model", "videos", "autoencoder")
@@ -76,6 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--attention-broadcast", action="store_true", default=None,
                    help="pyramid attention broadcast (default off)")
     g.add_argument("--negative-prompt")
+    add_lora_arg(g)
     g.add_argument("--frames", type=int, help="frames per clip")
     g.add_argument("--height", type=int)
     g.add_argument("--width", type=int)
@@ -171,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         start = time.time()
         result = evaluate_image_model(args.model, args.output, per_prompt=args.per_triple or 1, seed=args.seed,
                                       steps=args.steps, guidance=args.guidance, batch_size=args.batch_size or 8,
-                                      device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+                                      device=args.device, overwrite=args.overwrite, progress=not args.quiet,
+                                      lora=args.lora)
         print(format_image_report(result["report"]))
         print(f"evaluated {result['report']['num_images']} images in {time.time() - start:.1f} s")
         for name, path in result["paths"].items():
@@ -216,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             deep_cache_depth=args.deep_cache_depth or 1, attention_broadcast=bool(args.attention_broadcast),
             negative_prompt=args.negative_prompt,
             frames=args.frames, height=args.height, width=args.width, fps=args.fps, batch_size=batch_size,
-            dtype=args.dtype or "fp32", device=args.device,
+            dtype=args.dtype or "fp32", device=args.device, lora=tuple(args.lora or ()),
         )
         result = evaluate_model(
             args.model, suite, args.output, stride=args.stride, generation=generation, metrics=metrics, world=world,

@@ -56,8 +56,10 @@ def image_suite(per_prompt: int = 1, sizes: bool = False, backgrounds: bool = Fa
 def evaluate_image_model(model: str | Path, out_dir: str | Path, *, per_prompt: int = 1, sizes: bool = False,
                          backgrounds: bool = False, seed: int = 0, steps: int | None = None,
                          guidance: float | None = None, batch_size: int = 8, device: str = "cpu",
-                         overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Generate the image suite with ``model`` and probe it; writes report.json (with the colour confusion) and images.png."""
+                         overwrite: bool = False, progress: bool = True,
+                         lora: list[tuple[str, float]] | None = None) -> dict[str, Any]:
+    """Generate the image suite with ``model`` (and ``lora`` files loaded onto it) and probe it; writes report.json
+    (with the colour confusion) and images.png."""
     from tqdm.auto import tqdm
 
     from vidiff.data.shapes import ShapesWorldConfig
@@ -69,7 +71,7 @@ def evaluate_image_model(model: str | Path, out_dir: str | Path, *, per_prompt: 
     if (out / "report.json").exists() and not overwrite:
         raise FileExistsError(f"{out / 'report.json'} exists: pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    pipe = TextToVideoPipeline.from_pretrained(model, device=device)
+    pipe = TextToVideoPipeline.from_pretrained(model, device=device, lora=lora or None)
     prompts = image_suite(per_prompt, sizes, backgrounds)
     h, w = int(pipe.defaults["height"]), int(pipe.defaults["width"])
     world = ShapesWorldConfig(height=h, width=w, num_frames=2)
@@ -98,7 +100,8 @@ def evaluate_image_model(model: str | Path, out_dir: str | Path, *, per_prompt: 
         rows.append({"prompt": prompt, "passed": all(s.passed for s in scores.values()),
                      "scores": {k: s.to_dict() for k, s in scores.items()}})
     accuracy = {k: correct[k] / counts[k] for k in IMAGE_PROBES if counts[k]}
-    report = {"model": str(model), "num_images": len(prompts), "per_prompt": per_prompt, "seed": seed,
+    report = {"model": str(model), "lora": [{"path": str(p), "scale": s} for p, s in (lora or [])],
+              "num_images": len(prompts), "per_prompt": per_prompt, "seed": seed,
               "accuracy": accuracy, "all_probes": float(np.mean([r["passed"] for r in rows])),
               "seconds": round(time.time() - start, 1), "colour_confusion": confusion, "results": rows}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")

@@ -102,6 +102,7 @@ class GenerationSettings:
     batch_size: int = 1
     dtype: str = "fp32"
     device: str = "cpu"
+    lora: tuple[tuple[str, float], ...] = ()  # LoRA files and scales loaded onto the model (docs/lora.md)
 
     def __post_init__(self) -> None:
         for name in ("steps", "frames", "height", "width"):
@@ -608,7 +609,8 @@ def _load_pipeline(folder: Path, index: dict[str, Any], settings: GenerationSett
     dtype = getattr(torch, DTYPES[settings.dtype])
     image_to_video = index.get("_class_name") == "ImageToVideoPipeline"
     cls = ImageToVideoPipeline if image_to_video else TextToVideoPipeline
-    return cls.from_pretrained(folder, torch_dtype=dtype, device=settings.device), image_to_video
+    pipe = cls.from_pretrained(folder, torch_dtype=dtype, device=settings.device, lora=list(settings.lora) or None)
+    return pipe, image_to_video
 
 
 def _write_generated(
@@ -754,6 +756,7 @@ def evaluate_model(
         "world_config_source": "given" if world is not None else (
             "model_index.json training config" if training_world is not None else "defaults"),
         "generation": {
+            "lora": [{"path": str(p), "scale": s} for p, s in settings.lora],
             "sampler": settings.sampler,
             "timestep_spacing": spacing,
             "deep_cache": None if settings.deep_cache is None else {"interval": settings.deep_cache,

@@ -125,6 +125,62 @@ class VideoDiffusionPipeline:
                 stacklevel=3,
             )
 
+    # -- LoRA (vidiff.models.lora; docs/lora.md) --
+    def load_lora(self, path: str | os.PathLike, scale: float = 1.0, adapter_name: str | None = None) -> str:
+        """Load a LoRA file onto the U-Net beside any already loaded (each keeps its own scale); returns its adapter
+        name. The words it teaches join a closed vocabulary, so they are not warned about."""
+        from ..models.lora import LoraError, load_lora, read_lora
+
+        try:
+            lora = read_lora(path)
+            name = load_lora(self.unet, lora, scale, adapter_name)
+        except LoraError as err:
+            raise PipelineError(str(err)) from None
+        if self.vocabulary is not None and lora.vocabulary:
+            self.vocabulary = self.vocabulary | frozenset(lora.vocabulary)
+        return name
+
+    def load_loras(self, loras) -> list[str]:
+        """``loras``: a path, a (path, scale) pair, or a list of either (None: nothing)."""
+        if loras is None:
+            return []
+        single_pair = isinstance(loras, tuple) and len(loras) == 2 and isinstance(loras[1], numbers.Real)
+        if isinstance(loras, str | os.PathLike) or single_pair:
+            loras = [loras]
+        names = []
+        for item in loras:
+            path, scale = (item, 1.0) if isinstance(item, str | os.PathLike) else item
+            names.append(self.load_lora(path, scale))
+        return names
+
+    @property
+    def loras(self) -> dict[str, float]:
+        """The loaded LoRA adapters and their scales."""
+        from ..models.lora import active_loras
+
+        return active_loras(self.unet)
+
+    def set_lora_scales(self, scales: dict[str, float]) -> None:
+        """Change the scale of loaded adapters (0 switches one off exactly)."""
+        from ..models.lora import LoraError, set_lora_scales
+
+        try:
+            set_lora_scales(self.unet, scales)
+        except LoraError as err:
+            raise PipelineError(str(err)) from None
+
+    def unload_lora(self) -> None:
+        """Remove every adapter (the U-Net's own weights were never changed)."""
+        from ..models.lora import unload_lora
+
+        unload_lora(self.unet)
+
+    def merge_lora(self) -> None:
+        """Fold the loaded adapters, at their scales, into the U-Net's weights (then save it as a full model)."""
+        from ..models.lora import merge_lora
+
+        merge_lora(self.unet)
+
     def to(self, device: str | torch.device):
         for name in self.modules:
             getattr(self, name).to(device)

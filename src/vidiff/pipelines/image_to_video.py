@@ -220,11 +220,13 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+        cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+        lora=None,
     ) -> ImageToVideoPipeline:
         """Load a model folder written by ``vidiff convert`` from an i2v checkpoint.
 
-        ``torch_dtype`` applies to the U-Net and the encoders; the autoencoder stays in float32.
+        ``torch_dtype`` applies to the U-Net and the encoders; the autoencoder stays in float32. ``lora``: LoRA files
+        to load onto the U-Net (a path, a (path, scale) pair, or a list of them).
         """
         folder = Path(folder)
         index = read_model_index(folder)
@@ -252,6 +254,7 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
             family=index.get("family"),
             defaults=index.get("defaults"),
         )
+        pipe.load_loras(lora)
         return pipe.to(device)
 
     @property

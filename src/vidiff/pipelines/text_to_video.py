@@ -51,9 +51,11 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+        cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+        lora=None,
     ) -> TextToVideoPipeline:
-        """Load a model folder; ``torch_dtype`` applies to the U-Net and text encoder (the autoencoder stays fp32)."""
+        """Load a model folder; ``torch_dtype`` applies to the U-Net and text encoder (the autoencoder stays fp32).
+        ``lora``: LoRA files to load onto it (a path, a (path, scale) pair, or a list of them)."""
         folder = Path(folder)
         index = read_model_index(folder)
         if index.get("_class_name") not in (None, "TextToVideoPipeline"):
@@ -67,6 +69,7 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
             defaults=index.get("defaults"),
             vocabulary=index.get("vocabulary"),
         )
+        pipe.load_loras(lora)
         return pipe.to(device)
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ __all__ = [
     "ExportConfig",
     "BindingConfig",
     "LogConfig",
+    "LoraTrainConfig",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
@@ -69,6 +70,24 @@ def _check_timestep_sampling(spec: dict) -> None:
             raise ConfigError(f"train.timestep_sampling.{key} must be a finite number, got {value!r}")
     if not spec.get("std", 1.0) > 0:
         raise ConfigError(f"train.timestep_sampling.std must be > 0, got {spec['std']!r}")
+
+
+def _check_lora(c: RunConfig) -> None:
+    lora = c.train.lora
+    if c.task == "autoencoder":
+        raise ConfigError("train.lora adapts a diffusion U-Net; task autoencoder has none")
+    if lora.rank < 1:
+        raise ConfigError(f"train.lora.rank must be a positive integer, got {lora.rank}")
+    if lora.alpha is not None and not lora.alpha > 0:
+        raise ConfigError(f"train.lora.alpha must be > 0, got {lora.alpha}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"train.lora.dropout must be in [0, 1), got {lora.dropout}")
+    if not lora.targets or any(not t.strip() for t in lora.targets):
+        raise ConfigError("train.lora.targets must list presets (spatial, temporal, cross, attention, all) or globs")
+    if c.train.trainable != ["*"] or c.train.frozen:
+        raise ConfigError("train.trainable/frozen do not apply with train.lora: only the adapters train")
+    if c.distributed.strategy == "fsdp":
+        raise ConfigError("train.lora is not supported with distributed.strategy fsdp (use ddp: adapters are small)")
 
 
 # ---------------------------------------------------------------------------------------------------------- sections
@@ -148,6 +167,19 @@ class OptimConfig:
 
 
 @dataclass
+class LoraTrainConfig:
+    """``train.lora``: train low-rank adapters (:mod:`vidiff.models.lora`) instead of the U-Net's weights. ``targets``
+    are presets (spatial, temporal, cross, attention, all) or globs over U-Net module names; ``alpha`` defaults to the
+    rank (scale 1); ``vocabulary`` lists words the LoRA teaches (an extra colour's word is added by itself)."""
+
+    rank: int = 8
+    alpha: float | None = None
+    targets: list[str] = field(default_factory=lambda: ["spatial"])
+    dropout: float = 0.0
+    vocabulary: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     """The loop. ``trainable``/``frozen`` are parameter selectors (see :mod:`vidiff.training.params`).
 
@@ -183,6 +215,8 @@ class TrainConfig:
     # Training timesteps: {type: uniform} (DDPM's), or {type: logit_normal, mean, std} (SD3's): mean > 0 puts more
     # steps at high noise, where a clip's layout and motion are decided and the loss rewards the caption least.
     timestep_sampling: dict = field(default_factory=lambda: {"type": "uniform"})
+    # Low-rank adapters only (the base model frozen); the export is OUTPUT_DIR/lora.safetensors (docs/lora.md).
+    lora: LoraTrainConfig | None = None
 
 
 @dataclass
@@ -306,6 +340,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        if dataclasses.is_dataclass(value_type := next(iter(set(args) - {type(None)}))) and len(args) == 2:
+            return _coerce(value, value_type, path)  # an optional section: report its own error (typos, types)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -513,6 +549,8 @@ def _validate(c: RunConfig) -> None:
     if c.task != "i2v" and (probs["image"] or probs["both"]):
         raise ConfigError("train.cond_dropout.image/both need an image-conditioned model (task: i2v)")
     _check_timestep_sampling(t.timestep_sampling)
+    if t.lora is not None:
+        _check_lora(c)
     if not t.trainable:
         raise ConfigError("train.trainable is empty: nothing would be trained")
     bad = sorted(set(c.binding.attributes) - set(BINDING_ATTRIBUTES))

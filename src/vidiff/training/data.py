@@ -86,9 +86,24 @@ class TrainingSample(Dataset):
         return out
 
 
+def _recoloured(dataset: Dataset, extra: dict, where: str, seed: int, masks: bool) -> Dataset:
+    """The opt-in extra colours of a shapes dataset (:mod:`vidiff.data.shapes_palette`)."""
+    from vidiff.data.shapes_palette import RecolouredShapes
+
+    if "extra_colours" not in extra:
+        raise ConfigError(f"{where}.extra_colour_prob needs {where}.extra_colours")
+    try:
+        return RecolouredShapes(dataset, extra["extra_colours"], extra.get("extra_colour_prob", 0.5), seed,
+                                keep_truth=masks)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
 def _shapes_config(kwargs: dict, where: str):
     from vidiff.data.shapes import ShapesWorldConfig
 
+    # the opt-in extra colours are not world settings (the binding probe measures the world's own palette)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("extra_colours", "extra_colour_prob")}
     names = {f.name for f in fields(ShapesWorldConfig)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
@@ -109,7 +124,11 @@ def _build_one(spec: dict, where: str, seed: int, kind: str, masks: bool = False
 
             length = spec.pop("length", 100_000)
             cls = ShapesVideoDataset if kind == "videos" else ShapesImageDataset
-            return cls(_shapes_config(spec, where), length=length, ground_truth=masks)
+            extra = {k: spec.pop(k) for k in ("extra_colours", "extra_colour_prob") if k in spec}
+            if not extra:
+                return cls(_shapes_config(spec, where), length=length, ground_truth=masks)
+            return _recoloured(cls(_shapes_config(spec, where), length=length, ground_truth=True), extra, where,
+                               spec.get("seed", 0), masks)
         if typ == "csv" and kind == "videos":
             if "frame_stride" in spec and isinstance(spec["frame_stride"], list):
                 spec["frame_stride"] = tuple(spec["frame_stride"])

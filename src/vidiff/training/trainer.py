@@ -52,6 +52,7 @@ class TrainResult:
     finished: bool  # reached max_steps (False: stopped at stop_at_step or by a signal)
     output_dir: Path
     model_dir: Path | None = None
+    lora_path: Path | None = None  # train.lora runs: the adapter file (instead of a model folder)
     final_loss: float | None = None
     checkpoints: list[Path] = field(default_factory=list)
     previews: list[Path] = field(default_factory=list)
@@ -149,7 +150,8 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
         summary = apply_trainable(task.module, cfg.train.trainable, cfg.train.frozen)
     except SelectorError as err:
         raise ConfigError(f"train.trainable/frozen: {err}") from err
-    say(f"[vidiff train] task {cfg.task}: {summary.describe()}; {accelerator.num_processes} process(es) on {device}")
+    described = summary.describe() if cfg.train.lora is None else _add_lora(cfg, task)
+    say(f"[vidiff train] task {cfg.task}: {described}; {accelerator.num_processes} process(es) on {device}")
     for name, report in getattr(task, "inflation", {}).items():
         say(f"[vidiff train] {name} initialised from {cfg.model.init_from}: {report.describe()} "
             f"(list in {out / 'init_report.json'})")
@@ -306,13 +308,15 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
         if result.finished:
             if cfg.sample.at_end:
                 result.previews += _preview(accelerator, task, ema, params, samples_dir, state.step, fsdp)
-            if cfg.export.at_end:
+            if cfg.export.at_end and cfg.train.lora is not None:
+                result.lora_path = _export_lora(accelerator, task, ema, params, out, state, cfg, result.final_loss)
+            elif cfg.export.at_end:
                 result.model_dir = _export(accelerator, task, model, ema, params, out / "model", state.step, cfg, fsdp)
         if main:
             plot = logger.plot(f"{cfg.task} training loss ({out.name})")
             binding_plot = out / "binding.png" if probe is not None and (out / "binding.png").is_file() else None
             for label, path in (("log", logger.csv_path), ("loss curve", plot), ("binding gap", binding_plot),
-                                ("model", result.model_dir),
+                                ("model", result.model_dir), ("lora", result.lora_path),
                                 ("samples", result.previews[-1] if result.previews else None),
                                 ("checkpoint", result.checkpoints[-1] if result.checkpoints else None)):
                 if path is not None:
@@ -432,6 +436,67 @@ def _preview(accelerator: Any, task: Any, ema: Any, params: list, folder: Path, 
                               f"{paths[-1]}")
     accelerator.wait_for_everyone()
     return paths
+
+
+def _add_lora(cfg: RunConfig, task: Any) -> str:
+    """Freeze the whole trained module and add the adapters of ``train.lora`` to the U-Net: only they train (and the
+    EMA, built from the trainable parameters, averages them only)."""
+    from vidiff.models.lora import LoraError, add_lora, lora_parameters
+    from vidiff.training.params import TrainableSummary
+
+    spec = cfg.train.lora
+    task.module.requires_grad_(False)
+    try:
+        modules = add_lora(task.unet, spec.rank, spec.alpha, spec.targets, spec.dropout)
+    except LoraError as err:
+        raise ConfigError(f"train.lora: {err}") from err
+    params = lora_parameters(task.unet)
+    for p in params:
+        p.requires_grad_(True)
+    total = sum(p.numel() for p in task.module.parameters())
+    names = [n for n, p in task.module.named_parameters() if p.requires_grad]
+    summary = TrainableSummary(names, [], sum(p.numel() for p in params), total)
+    return f"LoRA rank {spec.rank} on {len(modules)} modules ({', '.join(spec.targets)}), {summary.describe()}"
+
+
+def _export_lora(accelerator: Any, task: Any, ema: Any, params: list, out: Path, state: TrainState, cfg: RunConfig,
+                 final_loss: float | None) -> Path:
+    """``out/lora.safetensors`` (EMA weights when configured) and its card ``out/lora.md``, each written atomically."""
+    from vidiff.models.lora import lora_file_from_unet, save_lora
+    from vidiff.utils.io import atomic_write_text
+
+    path = out / "lora.safetensors"
+    with ema_weights(ema if cfg.export.use_ema else None, params):
+        if accelerator.is_main_process:
+            spec = cfg.train.lora
+            words = list(spec.vocabulary)
+            for source in (cfg.data.videos, cfg.data.images or {}):
+                words += list((source.get("extra_colours") or {}) if isinstance(source, dict) else [])
+            training = {"step": state.step, "train_seconds": round(state.train_seconds, 1), "task": cfg.task,
+                        "init_from": cfg.model.init_from, "final_loss": final_loss}
+            lora = lora_file_from_unet(task.unet, vocabulary=sorted(set(words)),
+                                       extra={"training": json.dumps(training)})
+            if cfg.model.init_from:
+                lora.base_model["folder"] = str(cfg.model.init_from)
+            save_lora(lora, path)
+            atomic_write_text(out / "lora.md", _lora_card(lora, training, cfg, path))
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _lora_card(lora: Any, training: dict, cfg: RunConfig, path: Path) -> str:
+    spec, base = cfg.train.lora, cfg.model.init_from or "MODEL_FOLDER"
+    loss = "n/a" if training["final_loss"] is None else f"{training['final_loss']:.4f}"
+    size = path.stat().st_size if path.is_file() else 0
+    words = f"\nWords it teaches: {', '.join(lora.vocabulary)}.\n" if lora.vocabulary else ""
+    return (f"# LoRA: {Path(cfg.output_dir).name}\n\n"
+            f"Low-rank adapters for `{base}` ({lora.describe()}; alpha {spec.alpha or spec.rank}; "
+            f"{size / 1024:.0f} KiB), trained by `vidiff train` for {training['step']} steps "
+            f"({training['train_seconds']:.0f} s of training), final loss {loss}.\n{words}\n"
+            f"```bash\nvidiff generate \"PROMPT\" --model {base} --lora {path}            # scale 1\n"
+            f"vidiff generate \"PROMPT\" --model {base} --lora {path}:0.5        # half strength\n"
+            f"vidiff lora merge {base} {path} -o merged_model                     # a full model folder\n```\n\n"
+            "Format: docs/lora.md.\n")
 
 
 def _export(accelerator: Any, task: Any, model: Any, ema: Any, params: list, folder: Path, step: int,
