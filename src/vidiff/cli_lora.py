@@ -60,14 +60,14 @@ def _merge(args: argparse.Namespace) -> int:
         raise ValueError(f"output folder {out} already exists (use --overwrite to replace it)")
     if out.resolve() == Path(args.model).resolve():
         raise ValueError("the output folder must differ from the model folder")
+    from .model_folder import INDEX_NAME, load_component, read_index, write_index
     from .models.lora import LoraError, load_lora, merge_lora, read_lora
-    from .pipelines.base import load_component, read_model_index
-    from .utils.io import atomic_directory, atomic_write_json
+    from .utils.io import atomic_directory
 
     start = time.time()
     folder = Path(args.model)
-    index = read_model_index(folder)
-    unet = load_component(folder, "unet", None)
+    index = read_index(folder, ValueError)
+    unet = load_component(folder, "unet", None, index, error=ValueError)
     words: list[str] = []
     for path, scale in args.loras:
         try:
@@ -80,14 +80,14 @@ def _merge(args: argparse.Namespace) -> int:
     merge_lora(unet)
     with atomic_directory(out, overwrite=args.overwrite) as tmp:
         for entry in folder.iterdir():
-            if entry.name in ("unet", "model_index.json"):
+            if entry.name in ("unet", INDEX_NAME):
                 continue
             (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
         unet.save_pretrained(tmp / "unet")
         index["lora_merged"] = [{"file": Path(p).name, "scale": s} for p, s in args.loras]
         if words and "vocabulary" in index:
             index["vocabulary"] = sorted(set(index["vocabulary"]) | set(words))
-        atomic_write_json(tmp / "model_index.json", index)
+        write_index(tmp, index, {"unet": unet})
     print(f"wrote {out} in {time.time() - start:.1f} s")
     return 0
 

@@ -79,12 +79,13 @@ def class_path(obj: Any) -> str:
 
 def write_index(folder: str | os.PathLike, index: dict[str, Any], modules: dict[str, Any] | None = None) -> Path:
     """Write ``model_index.json`` atomically; ``modules`` (component name -> the saved module) records each
-    component's class under ``component_classes``."""
+    component's class under ``component_classes`` (beside the classes the index already records)."""
     from vidiff.utils.io import atomic_write_text
 
     index = dict(index)
     if modules:
-        index["component_classes"] = {name: class_path(module) for name, module in sorted(modules.items())}
+        classes = {**(index.get("component_classes") or {}), **{n: class_path(m) for n, m in modules.items()}}
+        index["component_classes"] = dict(sorted(classes.items()))
     path = Path(folder) / INDEX_NAME
     atomic_write_text(path, json.dumps(index, indent=2) + "\n")
     return path
