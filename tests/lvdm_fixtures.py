@@ -94,3 +94,49 @@ def params(kind: str, cases_of=None):
     if not out:
         out.append(pytest.param(None, *([None] if cases_of else []), marks=pytest.mark.skip(reason=f"no {kind} fixtures under {FIXTURES_ROOT}"), id=f"no-{kind}-fixtures"))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# building official modules through the public conversion path, shared by the fixture tests
+
+
+def fixture_flavour(cfg: dict) -> str:
+    """"dc" for a DynamiCrafter fixture, else "vc" (its config's official_repo)."""
+    return "dc" if "DynamiCrafter" in cfg["official_repo"] else "vc"
+
+
+def sample_weights_folder(sample_cfg: dict, part: str) -> Path:
+    """The fixture folder a sampling fixture names for one of its components ('unet', 'vae', ...)."""
+    return FIXTURES_ROOT / sample_cfg["weights"][part].split("/")[0]
+
+
+def owned_unet_weights(folder: Path, variant: str) -> dict[str, torch.Tensor]:
+    """The subset of a U-Net fixture's superset weights that the variant's module owns (the README's loading rule)."""
+    from vidiff.conversion.common import strip_prefix
+    from vidiff.conversion.unet import expected_unet_shapes, rename_official_key, unet_config_from_official
+
+    cfg = load_config(folder)
+    spec = cfg["variants"][variant]
+    weights = strip_prefix(load_tensors(folder / cfg["weights_file"]), cfg["key_prefix"])
+    expected = expected_unet_shapes(unet_config_from_official(spec["kwargs"], fixture_flavour(cfg)))
+    owned = {k: v for k, v in weights.items() if rename_official_key(k) in expected}
+    assert len(owned) == spec["state_dict_keys_used"], "the variant's module owns a different number of keys"
+    return owned
+
+
+def build_unet_variant(folder: Path, variant: str):
+    """A U-Net fixture variant as a vidiff UNet3DModel (eval mode), converted with the official kwargs."""
+    from vidiff.conversion.unet import convert_unet
+    from vidiff.models.unet3d import UNet3DModel
+
+    cfg = load_config(folder)
+    conv = convert_unet(owned_unet_weights(folder, variant), cfg["variants"][variant]["kwargs"], fixture_flavour(cfg))
+    model = UNet3DModel.from_config(conv.config)
+    model.load_state_dict(conv.state_dict, strict=True)
+    return model.eval()
+
+
+def manifest_params() -> list:
+    """One pytest param per full-size key manifest (a skipped placeholder when there are none)."""
+    out = [pytest.param(p, id=p.name.removesuffix(".json.gz")) for p in manifests()]
+    return out or [pytest.param(None, marks=pytest.mark.skip(reason="no manifests"))]

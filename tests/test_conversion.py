@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from lvdm_fixtures import load_manifest, manifests
+from lvdm_fixtures import load_manifest, manifest_params
 from safetensors.torch import save_file
 from tiny_checkpoint import TEXT_HEADS, UNET_HEAD_CHANNELS, has_fixtures, tiny_state_dict
 
@@ -19,16 +19,11 @@ from vidiff.conversion.lvdm import HeadCounts, _build, convert_checkpoint, conve
 TINY_HEADS = HeadCounts(unet_head_channels=UNET_HEAD_CHANNELS, text_heads=TEXT_HEADS)
 
 
-def _manifest_params():
-    out = [pytest.param(p, id=p.name.removesuffix(".json.gz")) for p in manifests()]
-    return out or [pytest.param(None, marks=pytest.mark.skip(reason="no manifests"))]
-
-
 def _meta_state_dict(path):
     return {k: torch.empty(shape, device="meta") for k, shape in load_manifest(path).items()}
 
 
-@pytest.mark.parametrize("manifest", _manifest_params())
+@pytest.mark.parametrize("manifest", manifest_params())
 def test_full_size_manifest_converts_exactly(manifest):
     family = manifest.name.removeprefix("manifest_").removesuffix(".json.gz")
     sd = _meta_state_dict(manifest)

@@ -14,11 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from lvdm_fixtures import FIXTURES_ROOT, load_config, load_tensors, params, rel_err
+from lvdm_fixtures import (
+    build_unet_variant,
+    load_config,
+    load_tensors,
+    params,
+    rel_err,
+    sample_weights_folder,
+)
 
 from vidiff.conversion.common import strip_prefix
 from vidiff.conversion.resampler import convert_resampler
-from vidiff.conversion.unet import convert_unet, expected_unet_shapes, rename_official_key, unet_config_from_official
 from vidiff.conversion.vae import build_vae, convert_vae
 from vidiff.diffusion.sampling import sample_ddim
 from vidiff.diffusion.schedule import schedule_from_official_params
@@ -32,31 +38,12 @@ TOL_FORWARD = 1e-5  # README: single forward passes
 _PROJECTED = re.compile(r"image_proj_model\((\w+)\)")
 
 
-def _flavour(cfg: dict) -> str:
-    return "dc" if "DynamiCrafter" in cfg["official_repo"] else "vc"
-
-
-def _weights_folder(sample_cfg: dict, part: str) -> Path:
-    """The fixture folder a sampling fixture names for one component, resolved against the fixtures root."""
-    return FIXTURES_ROOT / sample_cfg["weights"][part].split("/")[0]
-
-
 def _build_unet(sample_cfg: dict, variant: str) -> UNet3DModel:
-    folder = _weights_folder(sample_cfg, "unet")
-    unet_cfg = load_config(folder)
-    spec = unet_cfg["variants"][variant]
-    flavour = _flavour(unet_cfg)
-    weights = strip_prefix(load_tensors(folder / unet_cfg["weights_file"]), unet_cfg["key_prefix"])
-    expected = expected_unet_shapes(unet_config_from_official(spec["kwargs"], flavour))
-    owned = {k: v for k, v in weights.items() if rename_official_key(k) in expected}  # the keys the variant owns
-    conv = convert_unet(owned, spec["kwargs"], flavour=flavour)
-    model = UNet3DModel.from_config(conv.config)
-    model.load_state_dict(conv.state_dict, strict=True)
-    return model.eval()
+    return build_unet_variant(sample_weights_folder(sample_cfg, "unet"), variant)
 
 
 def _build_vae(sample_cfg: dict):
-    folder = _weights_folder(sample_cfg, "vae")
+    folder = sample_weights_folder(sample_cfg, "vae")
     sd = strip_prefix(load_tensors(folder / "weights.safetensors"), load_config(folder).get("key_prefix", "first_stage_model."))
     conv = convert_vae(sd)
     vae = build_vae(conv.config)
@@ -65,7 +52,7 @@ def _build_vae(sample_cfg: dict):
 
 
 def _build_projector(sample_cfg: dict) -> Resampler:
-    folder = _weights_folder(sample_cfg, "image_proj_model")
+    folder = sample_weights_folder(sample_cfg, "image_proj_model")
     cfg = load_config(folder)
     kw = cfg["kwargs"]  # heads/dim_head and the per-frame query count are not visible in the shapes
     sd = strip_prefix(load_tensors(folder / "weights.safetensors"), cfg.get("key_prefix", "image_proj_model."))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lvdm_fixtures import load_manifest, manifests
+from lvdm_fixtures import load_manifest, manifest_params
 from safetensors import safe_open
 from safetensors.torch import save_file
 from test_training import TINY_UNET, run_config, tiny_config
@@ -223,12 +223,7 @@ def test_lora_errors_name_the_problem(tmp_path):
 # ------------------------------------------------------------------------------------------------------ converter
 
 
-def _manifest_params():
-    out = [pytest.param(p, id=p.name.removesuffix(".json.gz")) for p in manifests()]
-    return out or [pytest.param(None, marks=pytest.mark.skip(reason="no manifests"))]
-
-
-@pytest.mark.parametrize("manifest", _manifest_params())
+@pytest.mark.parametrize("manifest", manifest_params())
 def test_module_order_and_names_are_the_official_ones(manifest):
     """The cloneofsimo list layout relies on the official module order: vidiff's U-Net lists its Linear/Conv2d/Conv3d
     modules in the order of the official state dict, and their official names are the official keys."""

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from lvdm_fixtures import FIXTURES_ROOT, load_config, load_tensors, params, rel_err
+from lvdm_fixtures import build_unet_variant, load_config, load_tensors, params, rel_err, sample_weights_folder
 
 from vidiff.conversion.common import strip_prefix
-from vidiff.conversion.unet import convert_unet, expected_unet_shapes, rename_official_key, unet_config_from_official
 from vidiff.conversion.vae import build_vae, convert_vae
 from vidiff.diffusion.guidance import guided_denoiser
 from vidiff.diffusion.sampling import sample_ddim
@@ -24,28 +23,12 @@ from vidiff.models.unet3d import UNet3DModel
 TOL = 1e-4
 
 
-def _weights_folder(sample_cfg: dict, part: str) -> Path:
-    """The fixture folder a sampling fixture names for one of its components ('unet', 'vae', ...)."""
-    return FIXTURES_ROOT / sample_cfg["weights"][part].split("/")[0]
-
-
 def _build_unet(sample_cfg: dict, variant: str) -> UNet3DModel:
-    folder = _weights_folder(sample_cfg, "unet")
-    unet_cfg = load_config(folder)
-    spec = unet_cfg["variants"][variant]
-    flavour = "dc" if "DynamiCrafter" in unet_cfg["official_repo"] else "vc"
-    weights = strip_prefix(load_tensors(folder / unet_cfg["weights_file"]), unet_cfg["key_prefix"])
-    # the README's loading rule: a variant owns exactly the keys its module has
-    expected = expected_unet_shapes(unet_config_from_official(spec["kwargs"], flavour))
-    owned = {k: v for k, v in weights.items() if rename_official_key(k) in expected}
-    conv = convert_unet(owned, spec["kwargs"], flavour)
-    model = UNet3DModel.from_config(conv.config)
-    model.load_state_dict(conv.state_dict, strict=True)
-    return model.eval()
+    return build_unet_variant(sample_weights_folder(sample_cfg, "unet"), variant)
 
 
 def _build_vae(sample_cfg: dict):
-    folder = _weights_folder(sample_cfg, "vae")
+    folder = sample_weights_folder(sample_cfg, "vae")
     vae_cfg = load_config(folder)
     sd = strip_prefix(load_tensors(folder / "weights.safetensors"), vae_cfg.get("key_prefix", "first_stage_model."))
     conv = convert_vae(sd)

@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lvdm_fixtures import build_unet_variant as build_variant
 from lvdm_fixtures import load_config, load_tensors, params, rel_err
+from lvdm_fixtures import owned_unet_weights as owned_weights
 
-from vidiff.conversion.common import strip_prefix
-from vidiff.conversion.unet import convert_unet, expected_unet_shapes, rename_official_key, unet_config_from_official
+from vidiff.conversion.unet import convert_unet
 from vidiff.models.unet3d import UNet3DModel
 
 
 def _variant_cases(folder):
     cfg = load_config(folder)
     return [f"{v}.{c}" for v, spec in cfg["variants"].items() for c in spec["cases"]]
-
-
-def owned_weights(folder, variant: str) -> dict[str, torch.Tensor]:
-    """The subset of the superset weights that the variant's module owns (the README's loading rule)."""
-    cfg = load_config(folder)
-    spec = cfg["variants"][variant]
-    flavour = "dc" if "DynamiCrafter" in cfg["official_repo"] else "vc"
-    weights = strip_prefix(load_tensors(folder / cfg["weights_file"]), cfg["key_prefix"])
-    expected = expected_unet_shapes(unet_config_from_official(spec["kwargs"], flavour))
-    owned = {k: v for k, v in weights.items() if rename_official_key(k) in expected}
-    assert len(owned) == spec["state_dict_keys_used"], "the variant's module owns a different number of keys"
-    return owned
-
-
-def build_variant(folder, variant: str) -> UNet3DModel:
-    cfg = load_config(folder)
-    spec = cfg["variants"][variant]
-    owned = owned_weights(folder, variant)
-    flavour = "dc" if "DynamiCrafter" in cfg["official_repo"] else "vc"
-    conv = convert_unet(owned, spec["kwargs"], flavour)
-    model = UNet3DModel.from_config(conv.config)
-    model.load_state_dict(conv.state_dict, strict=True)
-    return model.eval()
 
 
 def _call_inputs(inputs: dict, case: str, flavour: str) -> dict:
