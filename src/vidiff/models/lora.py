@@ -386,6 +386,8 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
     if orphan is not None:
         raise LoraError(f"{path}: {orphan} has no matching lora_A")
     config = _json_meta(meta, METADATA_KEY, path, {})
+    order = {m: i for i, m in enumerate(config.get("target_modules") or [])}  # the model's order (safetensors sorts)
+    weights = dict(sorted(weights.items(), key=lambda kv: order.get(kv[0], len(order))))
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     alpha: dict[str, float] = {}
     for name, (a, _) in weights.items():
