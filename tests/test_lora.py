@@ -34,6 +34,16 @@ from vidiff.models.lora import (
 from vidiff.models.unet3d import UNet3DModel
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The models here are tiny: one thread is as fast, and a second one stalls on a core another process keeps busy
+    (126 s for this file with two threads beside a training run, 21 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_unet(seed: int = 0, **overrides) -> UNet3DModel:
     torch.manual_seed(seed)
     return UNet3DModel(**{**TINY_UNET, **overrides}).eval()
