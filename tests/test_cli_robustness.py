@@ -240,13 +240,18 @@ def test_long_prompt_is_warned_about():
     assert "2502 tokens" in message and "keeps the first 77" in message and "ignores the other 2425" in message
 
 
-def test_frames_beyond_the_trained_length_are_warned_about(tmp_path, capsys):
+def test_frames_beyond_the_trained_length_are_generated_in_windows(tmp_path, capsys):
+    """The default T2V model has absolute positions for 16 frames: a longer request is windowed, with a warning."""
     out = tmp_path / "v.mp4"
     assert cli_main(["generate", "a red circle moving left", "--frames", "20", "--steps", "1", "--threads", "1",
                      "-o", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "20 frames requested from a model trained on 16" in err
+    assert "20 frames requested from a model with frame positions for 16" in err and "windows of 16" in err
     assert out.is_file()
+    import av
+
+    with av.open(str(out)) as video:
+        assert sum(1 for _ in video.decode(video=0)) == 20
 
 
 def test_animated_gif_warns_that_only_its_first_frame_is_used(tmp_path):

@@ -253,25 +253,33 @@ class VideoDiffusionPipeline:
                                 f"use one of {', '.join(allowed)}")
 
     def check_window(self, num_frames: int, window: int | None, stride: int | None, deep_cache=None,
-                     attention_broadcast=False) -> bool:
-        """Validate the long-video window options; True when ``num_frames`` needs windows."""
+                     attention_broadcast=False) -> int | None:
+        """Validate the long-video window options; the window when ``num_frames`` needs windows, else None.
+
+        A U-Net with absolute frame positions cannot see more frames than it has positions for: a longer request
+        without ``window`` is generated in windows of that length (with a warning), not refused."""
+        length = self.unet.config.get("temporal_length") if self.unet.config.get("temporal_position_embedding") else None
         if window is None:
             if stride is not None:
                 raise PipelineError("window_stride needs window (the frames per co-denoised window)")
-            return False
+            if not (length and isinstance(num_frames, int) and num_frames > length):
+                return None
+            warnings.warn(f"{num_frames} frames requested from a model with frame positions for {length}: generating "
+                          f"them in overlapping windows of {length} (window= / --window to choose)", UserWarning,
+                          stacklevel=3)
+            window = length
         _positive_int(window, "window")
         if stride is not None:
             _positive_int(stride, "window_stride")
             if stride > window:
                 raise PipelineError(f"window_stride ({stride}) must not exceed window ({window}), or frames are skipped")
-        length = self.unet.config.get("temporal_length") if self.unet.config.get("temporal_position_embedding") else None
         if length and window > length:
             raise PipelineError(f"window ({window}) exceeds the {length} frame positions this U-Net has")
         windowed = isinstance(num_frames, int) and num_frames > window
         if windowed and (deep_cache is not None or attention_broadcast not in (None, False)):
             raise PipelineError("deep_cache and attention_broadcast reuse one window's features for the next; they "
                                 "cannot be combined with window yet")
-        return windowed
+        return window if windowed else None
 
     def make_deep_cache(self, deep_cache: int | tuple[int, int] | None):
         """A fresh :class:`~vidiff.models.feature_cache.DeepCache` for one run: ``interval`` or ``(interval, depth)``."""

@@ -119,7 +119,8 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         fps = self.resolve("fps", fps)
         eta = float(self.resolve("eta", eta))
         spacing = self.resolve("timestep_spacing", timestep_spacing)
-        windowed = self.check_window(num_frames, window, window_stride, deep_cache, attention_broadcast)
+        window = self.check_window(num_frames, window, window_stride, deep_cache, attention_broadcast)
+        windowed = window is not None
         self.check_args(height, width, window if windowed else num_frames, steps, output_type, guidance_scale=scale,
                         guidance_rescale=rescale, eta=eta)
         _positive_int(num_frames, "num_frames")
