@@ -18,10 +18,10 @@ import torch
 from vidiff import cli
 from vidiff.data.shapes import render
 from vidiff.eval.autoencoder_eval import evaluate_autoencoder
-from vidiff.eval.image_quality import ssim
 from vidiff.eval.probes import probe_batch
 from vidiff.eval.report import EvalError
 from vidiff.eval.suite import FLOOR_STREAM, canonical_suite
+from vidiff.metrics.image_quality import ssim
 
 SEED = 3
 STRIDE = 2

@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vidiff.eval import frechet as frechet_module
-from vidiff.eval.clip_score import clip_frame_consistency, clipsim, load_clip
-from vidiff.eval.feature_networks import evaluating
-from vidiff.eval.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
-from vidiff.eval.i3d import (
+from vidiff.metrics import frechet as frechet_module
+from vidiff.metrics.clip_score import clip_frame_consistency, clipsim, load_clip
+from vidiff.metrics.feature_networks import evaluating
+from vidiff.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
+from vidiff.metrics.i3d import (
     I3D_MIN_SIZE,
     InceptionI3D,
     VideoFeatures,
@@ -30,8 +30,8 @@ from vidiff.eval.i3d import (
     load_i3d,
     select_clip,
 )
-from vidiff.eval.image_quality import pixel_frame_consistency, psnr, ssim, video_psnr, video_ssim
-from vidiff.eval.inception import (
+from vidiff.metrics.image_quality import pixel_frame_consistency, psnr, ssim, video_psnr, video_ssim
+from vidiff.metrics.inception import (
     FIDInceptionV3,
     ImageFeatures,
     extract_inception_features,
@@ -40,8 +40,8 @@ from vidiff.eval.inception import (
     inception_score_from_logits,
     load_inception,
 )
-from vidiff.eval.kernel import kernel_distance
-from vidiff.eval.protocols import (
+from vidiff.metrics.kernel import kernel_distance
+from vidiff.metrics.protocols import (
     CLIPSIMProtocol,
     FrameConsistencyProtocol,
     FVDProtocol,

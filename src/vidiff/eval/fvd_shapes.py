@@ -2,7 +2,7 @@
 
 FVD with I3D needs Kinetics-trained weights and says little about 16 x 64 x 64 clips of flat shapes. FVD-shapes swaps I3D
 for :mod:`vidiff.eval.shapes_classifier`, trained on the world's own labels, and keeps the rest of the recipe (Gaussian
-fit, Fréchet distance from :mod:`vidiff.eval.frechet`). Because Fréchet distances are biased upwards by finite samples,
+fit, Fréchet distance from :mod:`vidiff.metrics.frechet`). Because Fréchet distances are biased upwards by finite samples,
 every number should be read next to its **floor**: the distance between two independent real sets of the same size
 (:func:`fvd_shapes_floor`), which is what a perfect generator would score.
 """
@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from vidiff.data.shapes import ShapesWorld, ShapesWorldConfig, render
-from vidiff.eval.frechet import SqrtmMethod, feature_statistics, frechet_distance
-from vidiff.eval.protocols import STATISTICS, Protocol, metric_result
 from vidiff.eval.shapes_classifier import ShapesClassifier, load_shapes_classifier
+from vidiff.metrics.frechet import SqrtmMethod, feature_statistics, frechet_distance
+from vidiff.metrics.protocols import STATISTICS, Protocol, metric_result
 
 __all__ = [
     "FVDShapesProtocol",

@@ -44,7 +44,7 @@ from vidiff.data.shapes import (
     shape_area,
     unknown_words,
 )
-from vidiff.eval.image_quality import psnr, ssim
+from vidiff.metrics.image_quality import psnr, ssim
 
 __all__ = [
     "PROBE_NAMES",

@@ -253,17 +253,17 @@ def _load_networks(metrics: MetricSettings, world: ShapesWorldConfig) -> _Networ
                 "matching --shapes-classifier"
             )
     if metrics.i3d is not None:
-        from vidiff.eval.i3d import I3D_MIN_FRAMES, load_i3d
+        from vidiff.metrics.i3d import I3D_MIN_FRAMES, load_i3d
 
         if world.num_frames < I3D_MIN_FRAMES:
             raise EvalError(f"FVD (I3D) needs clips of at least {I3D_MIN_FRAMES} frames, got {world.num_frames}")
         nets.i3d = load_i3d(metrics.i3d, device=metrics.device)
     if metrics.inception is not None:
-        from vidiff.eval.inception import load_inception
+        from vidiff.metrics.inception import load_inception
 
         nets.inception = load_inception(metrics.inception, device=metrics.device)
     if metrics.clip is not None:
-        from vidiff.eval.clip_score import load_clip
+        from vidiff.metrics.clip_score import load_clip
 
         nets.clip = load_clip(metrics.clip, device=metrics.device)
     return nets
@@ -275,7 +275,7 @@ def _skipped(reason: str) -> dict[str, Any]:
 
 def paired_quality(real: np.ndarray, fake: np.ndarray, batch_size: int, prefix: str) -> dict[str, Any]:
     """``{prefix}_psnr`` / ``{prefix}_ssim`` of paired uint8 clips, each with its mean (``value``) and ``min``."""
-    from vidiff.eval.image_quality import video_psnr, video_ssim
+    from vidiff.metrics.image_quality import video_psnr, video_ssim
 
     out: dict[str, Any] = {}
     for name, fn in (("psnr", video_psnr), ("ssim", video_ssim)):
@@ -297,7 +297,7 @@ def _split_metrics(
     """Metrics of one split: each beside the value a perfect generator gets (floor / the same metric on real clips)."""
     import torch
 
-    from vidiff.eval.image_quality import pixel_frame_consistency, video_psnr, video_ssim
+    from vidiff.metrics.image_quality import pixel_frame_consistency, video_psnr, video_ssim
 
     bs = metrics.batch_size
     out: dict[str, Any] = {}
@@ -328,7 +328,7 @@ def _split_metrics(
         if n < 2:
             out["fvd"] = _skipped("needs at least 2 videos in the split")
         else:
-            from vidiff.eval.i3d import extract_i3d_features, fvd
+            from vidiff.metrics.i3d import extract_i3d_features, fvd
 
             t = min(16, fake.shape[1])
             feats = [extract_i3d_features(v, nets.i3d, batch_size=bs, frames_per_clip=t) for v in (real, fake, floor)]
@@ -337,8 +337,8 @@ def _split_metrics(
             res["ratio_to_floor"] = res["value"] / res["floor"] if res["floor"] > 0 else None
             out["fvd"] = res
     if nets.inception is not None:
-        from vidiff.eval.inception import extract_inception_features, fid, inception_score
-        from vidiff.eval.protocols import video_frames_as_images
+        from vidiff.metrics.inception import extract_inception_features, fid, inception_score
+        from vidiff.metrics.protocols import video_frames_as_images
 
         feats = [extract_inception_features(video_frames_as_images(v), nets.inception, batch_size=bs)
                  for v in (real, fake, floor)]
@@ -350,7 +350,7 @@ def _split_metrics(
         score["reference"] = inception_score(feats[0], splits=splits)["value"]
         out["inception_score_frames"] = score
     if nets.clip is not None:
-        from vidiff.eval.clip_score import clip_frame_consistency, clipsim
+        from vidiff.metrics.clip_score import clip_frame_consistency, clipsim
 
         res = clipsim(torch.from_numpy(fake), prompts, nets.clip, batch_size=bs)
         res["reference"] = clipsim(torch.from_numpy(real), prompts, nets.clip, batch_size=bs)["value"]

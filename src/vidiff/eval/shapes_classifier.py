@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vidiff.data.shapes import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, SIZES
-from vidiff.eval.protocols import as_videos, iter_batches, sha256_file
+from vidiff.metrics.protocols import as_videos, iter_batches, sha256_file
 from vidiff.utils.io import atomic_directory, atomic_save_safetensors, atomic_write_json, atomic_write_text
 
 __all__ = [

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidiff.eval.protocols import (
+from vidiff.metrics.protocols import (
     CLIPModelProtocol,
     CLIPSIMProtocol,
     FrameConsistencyProtocol,

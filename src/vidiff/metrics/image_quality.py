@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidiff.eval.protocols import (
+from vidiff.metrics.protocols import (
     FrameConsistencyProtocol,
     PSNRProtocol,
     SSIMProtocol,

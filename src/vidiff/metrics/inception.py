@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidiff.eval.feature_networks import evaluating, load_frozen_network
-from vidiff.eval.frechet import SqrtmMethod, frechet_distance_from_features
-from vidiff.eval.protocols import (
+from vidiff.metrics.feature_networks import evaluating, load_frozen_network
+from vidiff.metrics.frechet import SqrtmMethod, frechet_distance_from_features
+from vidiff.metrics.protocols import (
     FIDProtocol,
     ImageFeatureProtocol,
     ISProtocol,

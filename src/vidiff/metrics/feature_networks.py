@@ -14,7 +14,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from vidiff.eval.protocols import load_checked_state_dict, sha256_file
+from vidiff.metrics.protocols import load_checked_state_dict, sha256_file
 
 __all__ = ["evaluating", "load_frozen_network"]
 

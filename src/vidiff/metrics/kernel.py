@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vidiff.eval.frechet import _as_float64
+from vidiff.metrics.frechet import _as_float64
 
 __all__ = ["KernelDistance", "kernel_distance", "mmd2_unbiased", "polynomial_kernel"]
 
