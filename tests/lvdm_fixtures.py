@@ -137,6 +137,6 @@ def build_unet_variant(folder: Path, variant: str):
 
 
 def manifest_params() -> list:
-    """One pytest param per full-size key manifest (a skipped placeholder when there are none)."""
+    """One pytest param per full-size key manifest, or a single skipped param when no manifest is present."""
     out = [pytest.param(p, id=p.name.removesuffix(".json.gz")) for p in manifests()]
     return out or [pytest.param(None, marks=pytest.mark.skip(reason="no manifests"))]
