@@ -88,6 +88,7 @@ class Attention(nn.Module):
         image_scale_learnable: bool = False,
         text_context_len: int = TEXT_CONTEXT_LEN,
         truncate_text_context: bool = False,
+        image_context_dim: int | None = None,
     ):
         super().__init__()
         inner = heads * dim_head
@@ -109,8 +110,10 @@ class Attention(nn.Module):
         self.image_attention = image_attention
         self.image_scale = image_scale
         if image_attention:
-            self.to_k_ip = nn.Linear(context_dim, inner, bias=False)
-            self.to_v_ip = nn.Linear(context_dim, inner, bias=False)
+            # UniVid's image stream reads the image encoder's patch tokens directly, at their own width
+            image_dim = context_dim if image_context_dim is None else image_context_dim
+            self.to_k_ip = nn.Linear(image_dim, inner, bias=False)
+            self.to_v_ip = nn.Linear(image_dim, inner, bias=False)
             if image_scale_learnable:
                 self.alpha = nn.Parameter(torch.tensor(0.0))
 
@@ -339,8 +342,10 @@ class TemporalTransformer(nn.Module):
         )
         self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv1d(inner, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """``context`` (b, L, C): caption tokens for the text cross-attention (ignored without it)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                text_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """``context`` (b, L, C): caption tokens for the text cross-attention (ignored without it), weighted by
+        ``text_scale`` (λ_t: a float or one per video, (b,)), so a call with λ_t = 0 does not read the text here either."""
         b, _, t, h, w = x.shape
         x_in = x
         x = rearrange(self.norm(x), "b c t h w -> (b h w) c t")
@@ -357,7 +362,10 @@ class TemporalTransformer(nn.Module):
         if self.text_attention is not None and context is not None:
             if context.shape[0] != b:
                 raise ValueError(f"temporal text attention needs one caption per video ({b}), got {context.shape[0]}")
-            x = x + self.text_attention(self.text_norm(x), context.to(x.dtype).repeat_interleave(h * w, dim=0))
+            if isinstance(text_scale, torch.Tensor) and text_scale.ndim == 1:
+                text_scale = text_scale.repeat_interleave(h * w)
+            x = x + self.text_attention(self.text_norm(x), context.to(x.dtype).repeat_interleave(h * w, dim=0),
+                                        text_scale=text_scale)
         for block in self.transformer_blocks:
             x = block(x)
         if self.use_linear:
@@ -372,7 +380,7 @@ class TemporalTransformer(nn.Module):
     def unet_forward(self, x: torch.Tensor, emb: torch.Tensor, cond: FrameConditions, num_frames: int) -> torch.Tensor:
         """The layer protocol of :mod:`vidiff.models.conditions` (folded frames in and out)."""
         x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
-        return rearrange(self(x, cond.video_text), "b c t h w -> (b t) c h w")
+        return rearrange(self(x, cond.video_text, cond.video_text_scale), "b c t h w -> (b t) c h w")
 
     @torch.no_grad()
     def init_identity(self) -> list[str]:

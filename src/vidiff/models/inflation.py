@@ -73,7 +73,8 @@ def _aligned_state(target: nn.Module, source: nn.Module) -> dict[str, torch.Tens
 
     Inside a U-Net stage (a ``BlockSequence``) layers are numbered by position, and a temporal transformer takes a
     position (official layout: ResBlock, SpatialTransformer, TemporalTransformer, ...). Layers are paired in order by
-    class, so ``middle_block.2`` (the second ResBlock of an image U-Net) becomes ``middle_block.3`` of a video U-Net.
+    class (a layer type that extends a class, e.g. UniVid's PSTResBlock, pairs with it), so ``middle_block.2`` (the second
+    ResBlock of an image U-Net) becomes ``middle_block.3`` of a video U-Net.
     """
     from vidiff.models.unet3d import BlockSequence
 
@@ -86,7 +87,7 @@ def _aligned_state(target: nn.Module, source: nn.Module) -> dict[str, torch.Tens
         theirs = list(enumerate(other))
         k = 0
         for i, layer in enumerate(block):
-            if k < len(theirs) and type(theirs[k][1]) is type(layer):
+            if k < len(theirs) and isinstance(layer, type(theirs[k][1])):  # a subclass pairs with its base
                 j = theirs[k][0]
                 if i != j:
                     renames[f"{path}.{j}."] = f"{path}.{i}."

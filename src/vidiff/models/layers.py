@@ -89,6 +89,7 @@ def _lvdm_spatial(config: Any, channels: int, out_channels: int, level: UNetLeve
         image_scale_learnable=config.image_cross_attention_scale_learnable,
         text_context_len=config.text_context_len,
         truncate_text_context=config.truncate_text_context,
+        image_context_dim=config.get("image_context_dim"),
     )
 
 
@@ -115,3 +116,5 @@ def lvdm_temporal_transformer(config: Any, channels: int, heads: int, depth: int
         text_context_dim=config.context_dim if config.temporal_text_attention else None,
         text_context_len=config.text_context_len if config.image_cross_attention else None,  # text tokens only
     )
+
+from . import univid  # noqa: E402,F401  (registers the "pst" layer types)

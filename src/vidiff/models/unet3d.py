@@ -87,6 +87,7 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         pooled_text_condition: bool = False,
         temporal_position_embedding: bool = False,
         temporal_text_attention: bool = False,
+        image_context_dim: int | None = None,
         layer_types: dict[str, str] | None = None,
         layer_options: dict[str, dict] | None = None,
     ):
@@ -215,7 +216,8 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         if text_context is not None and cfg.temporal_text_attention:
             video_text = text_context.to(dtype)
         return FrameConditions(text, image, _per_frame_rows(text_scale, b, t, "text_scale"),
-                               _per_frame_rows(image_scale, b, t, "image_scale"), video_text)
+                               _per_frame_rows(image_scale, b, t, "image_scale"), video_text,
+                               _per_frame_rows(text_scale, b, 1, "text_scale"))
 
     def forward(
         self,
@@ -305,7 +307,8 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         for i, block in enumerate(self.input_blocks[: deep_cache.depth] if reuse else self.input_blocks):
             h = self._run(block, h, emb, cond, t)
             if i == 0 and self.config.addition_attention:
-                h = rearrange(self.init_attn(rearrange(h, "(b t) c h w -> b c t h w", t=t), cond.video_text),
+                h = rearrange(self.init_attn(rearrange(h, "(b t) c h w -> b c t h w", t=t), cond.video_text,
+                                             cond.video_text_scale),
                               "b c t h w -> (b t) c h w")
             skips.append(h)
         if reuse:
