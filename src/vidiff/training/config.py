@@ -46,7 +46,7 @@ __all__ = [
     "load_config",
 ]
 
-TASKS = ("t2i", "t2v", "i2v", "autoencoder")
+TASKS = ("t2i", "t2v", "i2v", "univid", "autoencoder")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RECON_LOSSES = ("l1", "l2", "l1+l2")
@@ -54,6 +54,22 @@ RECON_LOSSES = ("l1", "l2", "l1+l2")
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending key."""
+
+
+UNIVID_MODES = ("t2v", "i2v", "ti2v")
+
+
+def _check_task_mix(mix: dict) -> None:
+    if not isinstance(mix, dict) or not mix:
+        raise ConfigError(f"train.task_mix must map modes ({', '.join(UNIVID_MODES)}) to probabilities, got {mix!r}")
+    unknown = sorted(set(mix) - set(UNIVID_MODES))
+    if unknown:
+        raise ConfigError(f"train.task_mix: unknown modes {unknown}; accepted: {', '.join(UNIVID_MODES)}")
+    for k, p in mix.items():
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+            raise ConfigError(f"train.task_mix.{k} must be a probability in [0, 1], got {p!r}")
+    if abs(sum(mix.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"train.task_mix probabilities must add up to 1, got {sum(mix.values())}")
 
 
 def _check_timestep_sampling(spec: dict) -> None:
@@ -217,6 +233,9 @@ class TrainConfig:
     timestep_sampling: dict = field(default_factory=lambda: {"type": "uniform"})
     # Low-rank adapters only (the base model frozen); the export is OUTPUT_DIR/lora.safetensors (docs/lora.md).
     lora: LoraTrainConfig | None = None
+    # task univid: the probability of each mode per batch row, set by the stream weights (λ_t, λ_v): t2v (1, 0),
+    # i2v (0, 1), ti2v (1, 1); a cond_dropout.text row is the guidance null (empty text, λ_v = 0) whatever its mode.
+    task_mix: dict = field(default_factory=lambda: {"t2v": 0.3, "i2v": 0.3, "ti2v": 0.4})
 
 
 @dataclass
@@ -288,7 +307,7 @@ class DistributedConfig:
 
 @dataclass
 class RunConfig:
-    task: Literal["t2i", "t2v", "i2v", "autoencoder"] = "t2v"
+    task: Literal["t2i", "t2v", "i2v", "univid", "autoencoder"] = "t2v"
     output_dir: str = "outputs/run"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -549,6 +568,7 @@ def _validate(c: RunConfig) -> None:
     if c.task != "i2v" and (probs["image"] or probs["both"]):
         raise ConfigError("train.cond_dropout.image/both need an image-conditioned model (task: i2v)")
     _check_timestep_sampling(t.timestep_sampling)
+    _check_task_mix(t.task_mix)
     if t.lora is not None:
         _check_lora(c)
     if not t.trainable:
@@ -585,6 +605,7 @@ def _validate(c: RunConfig) -> None:
         "t2i": ("unet", "vae", "text_encoder"),
         "t2v": ("unet", "vae", "text_encoder"),
         "i2v": ("unet", "vae", "text_encoder", "image_encoder", "image_projector"),
+        "univid": ("unet", "vae", "text_encoder", "image_encoder"),
     }[c.task]
     if m.init_from is None:
         for name in needed:

@@ -157,7 +157,22 @@ def build_video_components(cfg: ModelConfig, task: str = "t2v") -> VideoComponen
         comps.image_encoder = build_component("image_encoder", cfg.image_encoder, cfg.init_from, reports)
         comps.image_projector = build_component("image_projector", cfg.image_projector, cfg.init_from, reports)
         _check_i2v(comps, cfg)
+    elif task == "univid":
+        comps.image_encoder = build_component("image_encoder", cfg.image_encoder, cfg.init_from, reports)
+        _check_univid(comps)
     return comps
+
+
+def _check_univid(comps: VideoComponents) -> None:
+    """UniVid's image stream reads every patch token of the image encoder directly (no projector)."""
+    uc = comps.unet.config
+    if not uc.image_cross_attention:
+        raise ConfigError("a UniVid U-Net needs its image stream: set image_cross_attention: true in model.unet")
+    width = comps.image_encoder.config["width"]
+    wanted = uc.get("image_context_dim") or uc.context_dim
+    if width != wanted:
+        raise ConfigError(f"the image encoder gives {width}-wide tokens but the U-Net's image stream takes {wanted} "
+                          "(set model.unet image_context_dim)")
 
 
 def _check_i2v(comps: VideoComponents, cfg: ModelConfig) -> None:
@@ -188,8 +203,8 @@ class DenoiserBundle(nn.Module):
 
     ``forward`` takes either ``tokens`` (encoded here, so gradients reach a trainable text encoder) or a ready text
     ``context``; for image-to-video also either ``clip_images`` (pixels in [-1, 1], encoded here by a trainable image
-    encoder) or ``clip_tokens`` (a frozen image encoder's output), projected here into the U-Net's ``image_context``, and
-    ``c_concat`` (DynamiCrafter: concatenated to the noisy latent on channels). It returns the U-Net output. Parameter
+    encoder) or ``clip_tokens`` (a frozen image encoder's output), projected here into the U-Net's ``image_context`` (as
+    they are without a projector: UniVid), ``text_scale``/``image_scale`` (λ_t, λ_v per row) and ``c_concat`` (DynamiCrafter: concatenated to the noisy latent on channels). It returns the U-Net output. Parameter
     names are ``unet.…``, ``text_encoder.…``, ``image_encoder.…`` and ``image_projector.…``.
     """
 
@@ -216,6 +231,8 @@ class DenoiserBundle(nn.Module):
         clip_tokens: torch.Tensor | None = None,
         c_concat: torch.Tensor | None = None,
         clip_images: torch.Tensor | None = None,
+        text_scale: float | torch.Tensor = 1.0,
+        image_scale: float | torch.Tensor | None = None,
     ) -> torch.Tensor:
         if clip_images is not None:
             if self.image_encoder is None:
@@ -228,9 +245,9 @@ class DenoiserBundle(nn.Module):
                 raise ValueError("tokens were given but this bundle has no text encoder; pass context instead")
             context = self.text_encoder(tokens)
         image_context = None
-        if clip_tokens is not None:
-            if self.image_projector is None:
-                raise ValueError("clip_tokens were given but this bundle has no image projector")
-            image_context = self.image_projector.image_context(clip_tokens, sample.shape[2])
+        if clip_tokens is not None:  # no projector (UniVid): the image stream reads the encoder's tokens directly
+            image_context = clip_tokens if self.image_projector is None else \
+                self.image_projector.image_context(clip_tokens, sample.shape[2])
         # contiguous: see losses.encode_latents on memory formats
-        return self.unet(sample.contiguous(), timestep, context, image_context=image_context, concat=c_concat, fps=fps)
+        return self.unet(sample.contiguous(), timestep, context, image_context=image_context, concat=c_concat, fps=fps,
+                         text_scale=text_scale, image_scale=image_scale)

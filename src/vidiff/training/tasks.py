@@ -32,7 +32,7 @@ from vidiff.training.losses import (
 from vidiff.training.models import DenoiserBundle, build_component, build_video_components
 
 __all__ = ["AutoencoderBundle", "AutoencoderTask", "ImageToVideoTask", "TextToImageTask", "TextToVideoTask",
-           "make_task"]
+           "UnifiedVideoTask", "make_task"]
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -213,7 +213,7 @@ class TextToVideoTask:
             latents = torch.stack([it["latents"] for it in items]).float()
         key = self.cfg.model.conditioning
         cond = torch.tensor([float(it.get(key, 0.0)) for it in items])
-        images = video[:, :, 0] if self.kind == "i2v" and video is not None else None
+        images = video[:, :, 0] if self.kind in ("i2v", "univid") and video is not None else None
         return BindingBatch(latents, captions, attrs, cond, images)
 
     def _probe_kwargs(self, captions: list[str], images: torch.Tensor | None, latents: torch.Tensor) -> dict:
@@ -297,10 +297,12 @@ class TextToVideoTask:
     def _modules_for_export(self, state_dict: dict[str, torch.Tensor] | None) -> dict[str, nn.Module]:
         mods = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
         if self.image_encoder is not None:
-            mods.update(image_encoder=self.image_encoder, image_projector=self.image_projector)
+            mods["image_encoder"] = self.image_encoder
+        if self.image_projector is not None:
+            mods["image_projector"] = self.image_projector
         if state_dict is not None:  # sharded training: rebuild full modules from the gathered state
             for name in ("unet", "text_encoder", "image_encoder", "image_projector"):
-                if any(k.startswith(f"{name}.") for k in state_dict):
+                if name in mods and any(k.startswith(f"{name}.") for k in state_dict):
                     mods[name] = _rebuilt(mods[name], state_dict, f"{name}.")
         return mods
 
@@ -453,6 +455,102 @@ class ImageToVideoTask(TextToVideoTask):
     def _index(self, step: int) -> dict[str, Any]:
         return {"_class_name": "ImageToVideoPipeline", "family": "vidiff_trained_i2v",
                 "flavour": self.cfg.model.i2v_flavour}
+
+
+class UnifiedVideoTask(TextToVideoTask):
+    """UniVid's unified training (§IV-A): every batch row is a text-to-video, image-to-video or text+image-to-video
+    sample, chosen per row with ``train.task_mix`` and realised by the stream weights (λ_t, λ_v) = (1, 0), (0, 1),
+    (1, 1), so the inference corners are in distribution. The reference image is the clip's first frame (or a random
+    one, ``model.cond_frame``); its patch tokens enter the image stream directly (no projector, no concatenated
+    latent). A ``cond_dropout.text`` row is the guidance null whatever its mode: empty text, λ_v = 0.
+    ``mode_counts`` counts the rows of each mode seen (the null rows apart)."""
+
+    kind = "univid"
+    MODES = ("t2v", "i2v", "ti2v")
+    SCALES = {"t2v": (1.0, 0.0), "i2v": (0.0, 1.0), "ti2v": (1.0, 1.0)}
+
+    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.mode_counts = {m: 0 for m in (*self.MODES, "null")}
+
+    def draw_modes(self, gens: list[torch.Generator]) -> list[str]:
+        """One mode per sample from its own generator (the same draw whichever process holds the sample)."""
+        mix = self.cfg.train.task_mix
+        modes = [m for m in self.MODES if mix.get(m, 0.0) > 0]
+        edges = np.cumsum([mix[m] for m in modes])
+        out = []
+        for g in gens:
+            u = float(torch.rand(1, generator=g))
+            out.append(modes[min(int(np.searchsorted(edges, u, side="right")), len(modes) - 1)])
+        return out
+
+    def _reference(self, video: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+        b, t = video.shape[0], video.shape[2]
+        if self.cfg.model.cond_frame == "random":
+            frame = torch.cat([torch.randint(0, t, (1,), generator=g) for g in gens])
+        else:
+            frame = torch.zeros(b, dtype=torch.long)
+        return video[torch.arange(b), :, frame]
+
+    def _image_kwargs(self, image: torch.Tensor) -> dict[str, Any]:
+        if self.image_trainable:
+            return {"clip_images": image.to(self.device)}
+        with torch.no_grad():
+            return {"clip_tokens": self.image_encoder(image.to(self.device))}
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        if "video" not in batch:
+            raise ConfigError("UniVid training needs pixel clips (data.videos of type shapes or csv)")
+        latents, draws = self._latents(batch, gens)
+        drop_text, _ = dropout_masks(draws.uniform, self.cfg.train.cond_dropout)
+        modes = self.draw_modes(gens)
+        scales = [(1.0, 0.0) if drop else self.SCALES[m] for m, drop in zip(modes, drop_text.tolist())]
+        for m, drop in zip(modes, drop_text.tolist()):
+            self.mode_counts["null" if drop else m] += 1
+        kwargs = self._text_kwargs(batch, drop_text)
+        kwargs["fps"] = self._conditioning(batch[self.cfg.model.conditioning])
+        kwargs.update(self._image_kwargs(self._reference(batch["video"], gens)))
+        kwargs["text_scale"] = torch.tensor([s[0] for s in scales], device=self.device)
+        kwargs["image_scale"] = torch.tensor([s[1] for s in scales], device=self.device)
+        return diffusion_loss(model, self.schedule, latents, draws, self._weight(batch), **kwargs)
+
+    def _probe_kwargs(self, captions: list[str], images: torch.Tensor | None, latents: torch.Tensor) -> dict:
+        """The probe runs the text+image mode: true/swapped captions and the clips' first frames, λ = (1, 1)."""
+        kwargs = super()._probe_kwargs(captions, images, latents)
+        kwargs.update(self._image_kwargs(images))
+        return kwargs
+
+    def _pipeline(self):
+        from vidiff.pipelines.unified import UnifiedVideoPipeline
+
+        return UnifiedVideoPipeline(self.unet, self.vae, self.text_encoder, self.tokenizer, self.image_encoder,
+                                    self.schedule, self.sampling_defaults())
+
+    def _generate(self, pipe: Any, d: dict[str, Any]) -> tuple[torch.Tensor, list[str], list]:
+        """Rows: a training clip, then its first frame and caption in the T2V, I2V and T+I modes."""
+        from vidiff.utils.video import batch_to_uint8_frames
+
+        if self.preview_batch is None:
+            raise ConfigError("no training clip seen yet to take the preview images from")
+        s, src = self.cfg.sample, self.preview_batch
+        common = dict(num_frames=int(d["num_frames"]), height=int(d["height"]), width=int(d["width"]),
+                      num_inference_steps=s.steps, guidance_scale=s.guidance_scale, fps=int(d["fps"]), eta=s.eta,
+                      seed=s.seed, output_type="np", progress=False)
+        image, captions = src["video"][:, :, 0], list(src["caption"])
+        t2v = pipe(captions, **common).frames
+        i2v = pipe(None, image, **common).frames
+        ti2v = pipe(captions, image, **common).frames
+        rows = []
+        for real, a, b_, c in zip(batch_to_uint8_frames(src["video"]), t2v, i2v, ti2v):
+            rows += [real, a, b_, c]
+        names = [f"{m}_{c}" for c in captions for m in ("t2v", "i2v", "ti2v")]
+        videos = [v for triple in zip(t2v, i2v, ti2v) for v in triple]
+        return videos, names, rows
+
+    def _index(self, step: int) -> dict[str, Any]:
+        return {"_class_name": "UnifiedVideoPipeline", "family": "vidiff_trained_univid",
+                "flavour": "dc" if self.schedule.data_scale == "dc" else "vc",
+                "task_mix": dict(self.cfg.train.task_mix), "mode_counts": dict(self.mode_counts)}
 
 
 def _rebuilt(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str) -> nn.Module:
@@ -609,6 +707,7 @@ class AutoencoderTask:
         (folder / "training.json").write_text(json.dumps({"step": step, "config": config_to_dict(self.cfg)}, indent=2))
 
 
-def make_task(cfg: RunConfig, device: torch.device) -> TextToVideoTask | ImageToVideoTask | AutoencoderTask:
-    tasks = {"t2i": TextToImageTask, "t2v": TextToVideoTask, "i2v": ImageToVideoTask, "autoencoder": AutoencoderTask}
+def make_task(cfg: RunConfig, device: torch.device) -> TextToVideoTask | AutoencoderTask:
+    tasks = {"t2i": TextToImageTask, "t2v": TextToVideoTask, "i2v": ImageToVideoTask, "univid": UnifiedVideoTask,
+             "autoencoder": AutoencoderTask}
     return tasks[cfg.task](cfg, device)
