@@ -15,6 +15,7 @@ _PUBLIC = {
     "TextToVideoPipeline": "vidiff.pipelines.text_to_video",
     "ImageToVideoPipeline": "vidiff.pipelines.image_to_video",
     "VideoToVideoPipeline": "vidiff.pipelines.video_to_video",
+    "UnifiedVideoPipeline": "vidiff.pipelines.unified",
     "VideoPipelineOutput": "vidiff.pipelines.base",
     "PipelineError": "vidiff.pipelines.base",
     "UNet3DModel": "vidiff.models.unet3d",

@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import __version__, cli_animate, cli_edit, cli_eval, cli_lora, cli_serve, cli_train
+from . import __version__, cli_animate, cli_edit, cli_eval, cli_lora, cli_serve, cli_train, cli_univid
 from .cli_common import (
     DTYPES,
     ArgumentParser,
@@ -56,6 +56,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window-stride", type=positive_int, metavar="S", help="frames between windows (default N/4)")
     p.add_argument("--no-noise-rescheduling", action="store_true",
                    help="with --window: fresh noise for every frame instead of FreeNoise's shuffled repeats")
+    p.add_argument("--image", dest="image_prompt", metavar="IMG",
+                   help="UniVid models: an image prompt too (text+image-to-video)")
+    cli_univid.add_stream_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,8 +109,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
     model = resolve_model(args.model, "t2i" if args.output.endswith(".png") else "t2v")
-    check_model_folder(model)
+    index = check_model_folder(model)
+    cli_univid.check_not_unified_args(args, index)
     check_runtime_args(args)
+    if cli_univid.is_unified(index):
+        if args.image_prompt is not None:
+            cli_animate._check_image_path(args.image_prompt)
+        return cli_univid.run_unified(args, model, args.prompt, args.image_prompt, "generated")
     deep_cache = deep_cache_arg(args)
     if args.window is None and (args.window_stride is not None or args.no_noise_rescheduling):
         raise ValueError("--window-stride and --no-noise-rescheduling need --window N")

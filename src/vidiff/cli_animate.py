@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from . import cli_univid
 from .cli_common import (
     add_sampling_args,
     check_model_folder,
@@ -49,15 +50,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--fps", type=non_negative_int, help="fps conditioning (frame stride for DynamiCrafter-256); default: the model's")
     p.add_argument("--playback-fps", type=positive_float,
                    help="frame rate of the written video (default: --fps, or 8 where it is a frame stride)")
+    cli_univid.add_stream_args(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, "i2v")
-    check_model_folder(model)
+    index = check_model_folder(model)
+    cli_univid.check_not_unified_args(args, index)
     for path in (args.image, args.last_image):
         _check_image_path(path)
     check_runtime_args(args)
+    if cli_univid.is_unified(index):
+        return cli_univid.run_unified(args, model, args.prompt or None, args.image, "animated")
     deep_cache = deep_cache_arg(args)
     if args.window is not None and args.window < 2:
         raise ValueError(f"--window needs at least 2 frames per clip, got {args.window}")

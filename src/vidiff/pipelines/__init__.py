@@ -1,8 +1,11 @@
-"""Generation pipelines over a model folder: text-to-video, image-to-video and video-to-video (editing)."""
+"""Generation pipelines over a model folder: text-to-video, image-to-video, video-to-video (editing) and UniVid's
+unified text/image-to-video."""
 
 from vidiff.pipelines.base import PipelineError, VideoPipelineOutput
 from vidiff.pipelines.image_to_video import ImageToVideoPipeline
 from vidiff.pipelines.text_to_video import TextToVideoPipeline
+from vidiff.pipelines.unified import UnifiedVideoPipeline
 from vidiff.pipelines.video_to_video import VideoToVideoPipeline
 
-__all__ = ["ImageToVideoPipeline", "PipelineError", "TextToVideoPipeline", "VideoPipelineOutput", "VideoToVideoPipeline"]
+__all__ = ["ImageToVideoPipeline", "PipelineError", "TextToVideoPipeline", "UnifiedVideoPipeline", "VideoPipelineOutput",
+           "VideoToVideoPipeline"]
