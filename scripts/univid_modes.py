@@ -6,8 +6,8 @@ text/image pairs, scored with the shapes-world probes.
 U1: each mode on fresh canonical clips ("a {colour} {shape} moving {direction}", a seed not trained on): the prompt is
 the clip's caption, the image its first frame; colour/shape/motion probes read the generated clip against that
 caption.
-U2: the text names one colour, the image shows another (same shape and motion); λ_v is swept at λ_t = 1 and the share
-of clips whose colour is the text's or the image's is reported. Writes a JSON and a Markdown table; prints both paths.
+U2: the text names one colour, the image shows another (its shape may differ too; colour is scored); λ_v is swept
+at λ_t = 1 and the share of clips whose colour is the text's or the image's is reported. Writes a JSON and a Markdown table; prints both paths.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from vidiff.utils.video import batch_to_uint8_frames
 
 def clips(n: int, seed: int):
     world = ShapesWorldConfig(height=64, width=64, num_frames=16, second_object_prob=0.0, seed=seed, split="train",
-                              phrasings=["canonical"])
+                              phrasings=("canonical",))
     ds = ShapesVideoDataset(world, length=n, ground_truth=False)
     items = [ds[i] for i in range(n)]
     return world, torch.stack([it["video"] for it in items]), [it["caption"] for it in items]
@@ -77,10 +77,7 @@ def main() -> None:
 
     # U2: swap the images so each caption's colour differs from its image's
     attrs = [parse_caption(c).primary for c in captions]
-    order = []
-    for i, a in enumerate(attrs):
-        j = next((j for j in range(len(attrs)) if attrs[j].colour != a.colour), None)
-        order.append(j)
+    order = [next((j for j in range(len(attrs)) if attrs[j].colour != a.colour), None) for a in attrs]
     rows = [i for i, j in enumerate(order) if j is not None]
     images = first[[order[i] for i in rows]]
     text_captions = [captions[i] for i in rows]

@@ -15,7 +15,7 @@ import torch
 
 from vidiff.models.inflation import inflate_from
 from vidiff.models.unet3d import UNet3DModel
-from vidiff.models.univid import PyramidFrameAttention, PSTResBlock, TemporalConv1d, reference_frames
+from vidiff.models.univid import PSTResBlock, PyramidFrameAttention, TemporalConv1d, reference_frames
 
 T2V = dict(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
            attention_resolutions=(1, 2, 4), num_head_channels=16, context_dim=32, temporal_attention=True,
