@@ -209,7 +209,7 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
             raise ValueError(f"{path} has no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        frames = [f.to_ndarray(format="rgb24", threads=1) for f in container.decode(stream)]
     if not frames:
         raise ValueError(f"{path} has a video stream but no decodable frames")
     return np.stack(frames), float(rate) if rate else float("nan")
