@@ -196,9 +196,17 @@ def _inject(unet: nn.Module, modules: list[str], ranks: Mapping[str, int], alpha
         rank_pattern={f"^{re.escape(m)}$": ranks[m] for m in modules if ranks[m] != rank},
         alpha_pattern={f"^{re.escape(m)}$": alphas[m] for m in modules if alphas[m] != alpha},
     )
+    # PEFT freezes every base parameter; keep them as they were: torch's linear takes another kernel path for a weight
+    # that requires grad (even under no_grad), so freezing alone would move the base model's outputs in the last bits.
+    # Training freezes what it does not train itself.
+    base_grad = {n: p.requires_grad for n, p in unet.named_parameters()}
     with warnings.catch_warnings():  # PEFT warns that a second adapter is a second adapter
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         inject_adapter_in_model(config, unet, adapter_name=adapter_name)
+    for name, param in unet.named_parameters():
+        before = base_grad.get(name.replace(".base_layer.", "."), base_grad.get(name))
+        if before is not None and ".lora_" not in name:
+            param.requires_grad_(before)
     wrapped = {name for name, layer in _tuner_layers(unet) if adapter_name in layer.lora_A}
     if wrapped != set(modules):  # PEFT matched other modules than asked (it must not): refuse rather than guess
         raise LoraError(f"PEFT adapted {len(wrapped)} modules where {len(modules)} were asked for")
@@ -209,7 +217,7 @@ def _inject(unet: nn.Module, modules: list[str], ranks: Mapping[str, int], alpha
 def add_lora(unet: nn.Module, rank: int, alpha: float | None = None, targets: Sequence[str] = ("spatial",),
              dropout: float = 0.0, adapter_name: str = "default") -> list[str]:
     """Add a fresh, trainable adapter (B = 0, so the model is unchanged until it trains); returns the adapted module
-    names. PEFT leaves only adapter parameters with ``requires_grad``; :func:`lora_parameters` lists this one's."""
+    names. The base parameters keep their ``requires_grad``; :func:`lora_parameters` lists this adapter's."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise LoraError(f"LoRA rank must be a positive integer, got {rank!r}")
     alpha = float(rank if alpha is None else alpha)
