@@ -213,6 +213,54 @@ def test_one_frame_batches_give_the_pyramid_layers_no_gradient():
     assert any(p.grad is not None and p.grad.any() for n, p in unet.named_parameters() if ".attn1." in n)
 
 
+def test_image_frames_spatial_only_gives_every_temporal_layer_zero_gradient_on_one_frame_batches():
+    """UniVid §IV-A: image batches update spatial layers only. With the flag, the temporal transformers, the addition
+    attention and the pyramid layers get no gradient from a one-frame batch; without it the temporal transformers do;
+    videos are computed exactly as without the flag."""
+    def grads(flag: bool, t: int) -> dict[str, torch.Tensor | None]:
+        unet = univid_unet()
+        unet.register_to_config(image_frames_spatial_only=flag)
+        unet.train()
+        x, text, image = inputs(t=t)
+        unet(x, 500, text, image_context=image).square().mean().backward()
+        return {n: p.grad for n, p in unet.named_parameters()}
+
+    temporal = [n for n, _ in univid_unet().named_modules()
+                if type(_).__name__ in ("TemporalTransformer", "PyramidFrameAttention", "TemporalConv1d")]
+    assert any(n.startswith("init_attn") for n in temporal) and len(temporal) > 10
+
+    def is_temporal(name: str) -> bool:
+        return any(name.startswith(m + ".") for m in temporal)
+
+    spatial_only = grads(True, 1)
+    assert all(g is None or not g.any() for n, g in spatial_only.items() if is_temporal(n))
+    assert any(g is not None and g.any() for n, g in spatial_only.items() if ".attn1." in n and not is_temporal(n))
+    plain = grads(False, 1)
+    assert any(g is not None and g.any() for n, g in plain.items() if is_temporal(n) and "proj_out" in n)
+
+    x, text, image = inputs(t=4)
+    a, b = univid_unet(), univid_unet()
+    b.register_to_config(image_frames_spatial_only=True)
+    with torch.no_grad():
+        assert torch.equal(a(x, 500, text, image_context=image), b(x, 500, text, image_context=image))
+
+
+def test_stage_presets_select_the_image_stream_and_the_pyramid():
+    from vidiff.training.params import select_parameters
+
+    unet = univid_unet(randomise=False)
+    cross = select_parameters(unet, ["@image_cross"])
+    assert cross and all(".attn2." in n for n in cross)
+    assert any("to_k_ip" in n for n in cross) and any("to_v_ip" in n for n in cross)
+    assert any(n.endswith("attn2.to_q.weight") for n in cross)
+    pyramid = select_parameters(unet, ["@pyramid"])
+    assert any(".attn_pst." in n for n in pyramid) and any(".pst_conv_in." in n for n in pyramid)
+    assert all(".attn_pst." in n or ".pst_conv_" in n for n in pyramid)
+    expected = {f"{prefix}.{name}" for prefix, m in unet.named_modules()
+                if isinstance(m, (PyramidFrameAttention, TemporalConv1d)) for name, _ in m.named_parameters()}
+    assert pyramid == expected
+
+
 def test_unknown_schedule_factor_is_a_clear_error():
     cfg = copy.deepcopy(UNIVID)
     cfg["layer_options"] = {"spatial_attention": {"reference_frames": {1: 2, 2: 4}}}
@@ -324,6 +372,42 @@ def test_unified_training_exports_a_folder_the_pipeline_and_cli_run(tmp_path, ca
     assert main(["generate", "a red circle", "--model", str(result.model_dir), "--text-scale", "0",
                  "-o", str(tmp_path / "x.mp4")]) == 2
     assert "both streams are off" in capsys.readouterr().err
+
+
+def test_unified_training_with_joint_image_batches_leaves_the_temporal_layers_to_the_videos(tmp_path):
+    """Joint image batches in a UniVid run: the one-frame steps change spatial weights only, and a U-Net without
+    image_frames_spatial_only is refused before training, in one line."""
+    from safetensors.torch import load_file
+    from test_training import run_config
+
+    from vidiff.training.config import ConfigError
+    from vidiff.training.tasks import make_task
+
+    images = {"images": {"type": "shapes", "height": 32, "width": 32, "length": 16, "seed": 2},
+              "image_batch_size": 2, "image_batches_per_video_batch": 1.0}
+    raw, cfg = _univid_config(tmp_path / "refused")
+    raw["data"] = {**raw["data"], **images}
+    from vidiff.training.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="image_frames_spatial_only"):
+        make_task(config_from_dict(copy.deepcopy(raw)), torch.device("cpu"))
+
+    raw, _ = _univid_config(tmp_path / "run", max_steps=4)
+    raw["data"] = {**raw["data"], **images}
+    raw["model"]["unet"]["config"]["image_frames_spatial_only"] = True
+    raw["checkpoint"] = {"every": 1, "keep_last": 10}
+    raw["optim"] = {**raw["optim"], "warmup_steps": 0}
+    result = run_config(raw)
+    assert result.finished
+    task = make_task(config_from_dict(copy.deepcopy(raw)), torch.device("cpu"))
+    temporal = tuple(f"unet.{n}." for n, m in task.unet.named_modules()
+                     if type(m).__name__ in ("TemporalTransformer", "PyramidFrameAttention", "TemporalConv1d"))
+    from vidiff.training.checkpointing import list_checkpoints
+
+    steps = [load_file(str(folder / "model.safetensors")) for _, folder in list_checkpoints(tmp_path / "run" / "checkpoints")]
+    moved_temporal = [any(not torch.equal(a[k], b[k]) for k in a if k.startswith(temporal))
+                      for a, b in zip(steps, steps[1:])]
+    assert False in moved_temporal and True in moved_temporal  # image steps leave them, video steps move them
 
 
 def test_stream_weights_on_a_model_without_an_image_stream_are_refused(capsys):

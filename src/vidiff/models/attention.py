@@ -379,6 +379,8 @@ class TemporalTransformer(nn.Module):
 
     def unet_forward(self, x: torch.Tensor, emb: torch.Tensor, cond: FrameConditions, num_frames: int) -> torch.Tensor:
         """The layer protocol of :mod:`vidiff.models.conditions` (folded frames in and out)."""
+        if not cond.temporal:
+            return x
         x = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
         return rearrange(self(x, cond.video_text, cond.video_text_scale), "b c t h w -> (b t) c h w")
 

@@ -23,7 +23,9 @@ class FrameConditions:
     ``text``/``image``: ((b t), L, C) tokens for the spatial cross-attention (the image stream of a dual
     cross-attention layer); ``text_scale``/``image_scale``: the streams' weights, a float or one per (b t) row
     (``image_scale`` None: each layer's configured λ); ``video_text``: (b, L, C), one caption per video, for temporal
-    layers that read the text, weighted by ``video_text_scale`` (λ_t per video: a float or (b,)).
+    layers that read the text, weighted by ``video_text_scale`` (λ_t per video: a float or (b,)); ``temporal``
+    False makes every temporal layer pass its input through (image batches of a model trained with
+    ``image_frames_spatial_only``).
     """
 
     text: torch.Tensor | None = None
@@ -32,6 +34,7 @@ class FrameConditions:
     image_scale: float | torch.Tensor | None = None
     video_text: torch.Tensor | None = None
     video_text_scale: float | torch.Tensor = 1.0
+    temporal: bool = True
 
 
 @dataclass(frozen=True)

@@ -65,18 +65,18 @@ class ResBlock(nn.Module):
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         self.temporal_conv = TemporalConvBlock(out_channels, temporal_dropout) if temporal_conv else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, num_frames: int, temporal: bool = True) -> torch.Tensor:
         h = self.in_layers(x)
         h = h + self.emb_layers(emb).type(h.dtype)[..., None, None]
         h = self.skip_connection(x) + self.out_layers(h)
-        if self.temporal_conv is not None:
+        if self.temporal_conv is not None and temporal:
             h = rearrange(h, "(b t) c h w -> b c t h w", t=num_frames)
             h = rearrange(self.temporal_conv(h), "b c t h w -> (b t) c h w")
         return h
 
     def unet_forward(self, x: torch.Tensor, emb: torch.Tensor, cond, num_frames: int) -> torch.Tensor:
         """The layer protocol of :mod:`vidiff.models.conditions`."""
-        return self(x, emb, num_frames)
+        return self(x, emb, num_frames, cond.temporal)
 
 
 class Downsample(nn.Module):

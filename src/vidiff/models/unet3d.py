@@ -47,7 +47,8 @@ class UNet3DModel(ModelMixin, ConfigMixin):
     every ResBlock and not only the attention levels; ``temporal_position_embedding`` gives every temporal transformer
     learned absolute frame positions (zero at init), for ``temporal_length`` frames at most;
     ``temporal_text_attention`` adds a cross-attention to the caption in every temporal transformer (zero at init), so
-    motion words reach the layers that move things.
+    motion words reach the layers that move things; ``image_frames_spatial_only`` makes every temporal layer pass its
+    input through on one-frame inputs, so joint image batches train the spatial layers only (UniVid §IV-A).
     """
 
     _supports_gradient_checkpointing = True
@@ -87,6 +88,7 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         pooled_text_condition: bool = False,
         temporal_position_embedding: bool = False,
         temporal_text_attention: bool = False,
+        image_frames_spatial_only: bool = False,
         image_context_dim: int | None = None,
         layer_types: dict[str, str] | None = None,
         layer_options: dict[str, dict] | None = None,
@@ -217,7 +219,8 @@ class UNet3DModel(ModelMixin, ConfigMixin):
             video_text = text_context.to(dtype)
         return FrameConditions(text, image, _per_frame_rows(text_scale, b, t, "text_scale"),
                                _per_frame_rows(image_scale, b, t, "image_scale"), video_text,
-                               _per_frame_rows(text_scale, b, 1, "text_scale"))
+                               _per_frame_rows(text_scale, b, 1, "text_scale"),
+                               temporal=not (t == 1 and self.config.image_frames_spatial_only))
 
     def forward(
         self,
@@ -306,7 +309,7 @@ class UNet3DModel(ModelMixin, ConfigMixin):
         skips = []
         for i, block in enumerate(self.input_blocks[: deep_cache.depth] if reuse else self.input_blocks):
             h = self._run(block, h, emb, cond, t)
-            if i == 0 and self.config.addition_attention:
+            if i == 0 and self.config.addition_attention and cond.temporal:
                 h = rearrange(self.init_attn(rearrange(h, "(b t) c h w -> b c t h w", t=t), cond.video_text,
                                              cond.video_text_scale),
                               "b c t h w -> (b t) c h w")

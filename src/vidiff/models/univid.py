@@ -182,11 +182,11 @@ class PSTResBlock(ResBlock):
         self.pst_conv_in = TemporalConv1d(out_channels, kernel_size)
         self.pst_conv_out = TemporalConv1d(out_channels, kernel_size)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, num_frames: int, temporal: bool = True) -> torch.Tensor:
         h = self.pst_conv_in(self.in_layers(x), num_frames)
         h = h + self.emb_layers(emb).type(h.dtype)[..., None, None]
         h = self.skip_connection(x) + self.pst_conv_out(self.out_layers(h), num_frames)
-        if self.temporal_conv is not None:
+        if self.temporal_conv is not None and temporal:
             h = rearrange(h, "(b t) c h w -> b c t h w", t=num_frames)
             h = rearrange(self.temporal_conv(h), "b c t h w -> (b t) c h w")
         return h

@@ -9,7 +9,12 @@ A stage lists *selectors* in ``train.trainable`` and optionally removes some wit
   "temporal" in their names, so layer kinds are selected by class);
 * a preset: ``@temporal`` (temporal attention + temporal convolutions, for growing a video model out of an image model),
   ``@image_cross_attention`` (DynamiCrafter's first stage: the image projector and the image key/value projections of
-  the cross-attention layers), ``@all``.
+  the cross-attention layers), ``@image_cross`` (UniVid's stage 2: every cross-attention, its image stream
+  included), ``@pyramid`` (UniVid's PSTAttn and PSTConv layers), ``@all``.
+
+UniVid's three stages (§IV-A) as selectors: 1, text-to-video from the base: ``[@all]`` with ``train.task_mix:
+{t2v: 1}`` (the image stream then gets no gradient); 2, the image stream and cross-attention: ``[@image_cross,
+image_encoder.*]`` with the three modes mixed; 3, everything: ``[@all]``.
 
 A selector that matches nothing is an error, so a typo cannot silently freeze the whole model.
 """
@@ -26,6 +31,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "@all": ("*",),
     "@temporal": ("module:TemporalTransformer", "module:TemporalConvBlock"),
     "@image_cross_attention": ("*.to_k_ip.*", "*.to_v_ip.*", "*.attn2.alpha", "image_projector.*"),
+    "@image_cross": ("*.attn2.*",),
+    "@pyramid": ("module:PyramidFrameAttention", "module:TemporalConv1d"),
 }
 
 

@@ -471,6 +471,9 @@ class UnifiedVideoTask(TextToVideoTask):
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
+        if cfg.data.images is not None and not self.unet.config.get("image_frames_spatial_only", False):
+            raise ConfigError("UniVid's image batches train the spatial layers only: set image_frames_spatial_only: "
+                              "true in model.unet.config (or drop data.images)")
         self.mode_counts = {m: 0 for m in (*self.MODES, "null")}
 
     def draw_modes(self, gens: list[torch.Generator]) -> list[str]:
