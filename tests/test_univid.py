@@ -373,6 +373,32 @@ def test_unified_training_exports_a_folder_the_pipeline_and_cli_run(tmp_path, ca
                  "-o", str(tmp_path / "x.mp4")]) == 2
     assert "both streams are off" in capsys.readouterr().err
 
+    # vidiff eval: the modes (U1) and a stream-weight sweep on conflicting pairs (U2), written with their plot
+    import json
+
+    report_dir = tmp_path / "eval"
+    args = ["eval", "--model", str(result.model_dir), "--mode", "t2v,ti2v", "--lambda-sweep", "0,1", "--samples", "3",
+            "--steps", "2", "-o", str(report_dir)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "text-to-video: colour" in printed and "lambda_sweep_image.png" in printed
+    report = json.loads((report_dir / "lambda_sweep.json").read_text())
+    assert set(report["modes"]) == {"t2v", "ti2v"} and "identity" in report["modes"]["ti2v"]
+    rows = report["sweeps"][0]["rows"]
+    assert [r["weight"] for r in rows] == [0.0, 1.0] and report["sweeps"][0]["stream"] == "image"
+    assert all(0 <= r[k] <= 100 for r in rows for k in ("colour_is_text", "colour_is_image", "shape_is_text"))
+    assert (report_dir / "lambda_sweep_image.png").stat().st_size > 1000
+    assert "colour = image %" in (report_dir / "lambda_sweep.md").read_text()
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err  # nothing already written is replaced
+    for bad, message in ((["--lambda-sweep", "0,x"], "comma-separated numbers"),
+                         (["--lambda-sweep", "0,-1"], "finite numbers >= 0"),
+                         (["--mode", "t2i"], "unknown mode 't2i'"),
+                         (["--sweep-stream", "text"], "give --lambda-sweep too"),
+                         (["--height", "16"], "--height not supported")):
+        assert main(["eval", "--model", str(result.model_dir), *bad, "-o", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err, bad
+    assert not (tmp_path / "bad").exists()
+
 
 def test_unified_training_with_joint_image_batches_leaves_the_temporal_layers_to_the_videos(tmp_path):
     """Joint image batches in a UniVid run: the one-frame steps change spatial weights only, and a U-Net without
@@ -415,3 +441,18 @@ def test_stream_weights_on_a_model_without_an_image_stream_are_refused(capsys):
 
     assert main(["generate", "a red circle", "--image-scale", "0.5", "-o", "/tmp/never.mp4"]) == 2
     assert "only work with a UniVid model folder" in capsys.readouterr().err
+    assert main(["eval", "--model", "src/vidiff/assets/models/shapes_t2v", "--lambda-sweep", "0,1",
+                 "-o", "/tmp/never_eval"]) == 2
+    assert "evaluate UniVid model folders" in capsys.readouterr().err
+
+
+def test_sweep_summary_finds_the_crossover_and_the_rank_correlation():
+    from vidiff.eval.lambda_sweep import SweepResult, _crossover, _spearman
+
+    assert _crossover([0, 0.5, 1], [100, 50, 0], [0, 50, 100]) == 0.5
+    assert abs(_crossover([0, 1, 2], [100, 60, 0], [0, 20, 100]) - (1 + 40 / 140)) < 1e-12
+    assert _crossover([0, 1], [0, 0], [0, 0]) is None and _crossover([0, 1], [0, 33], [0, 0]) is None
+    assert _spearman([0, 1, 2], [0, 10, 20]) == 1.0 and _spearman([0, 1, 2], [30, 10, 10]) < -0.8
+    rows = [{"weight": w, "colour_is_text": t, "colour_is_image": v} for w, t, v in ((0, 90, 0), (1, 40, 50), (2, 0, 80))]
+    summary = SweepResult("image", [0, 1, 2], rows).summary
+    assert summary["spearman_colour_follows_swept_stream"] == 1.0 and 0 < summary["crossover_colour"] < 1

@@ -22,6 +22,9 @@ from .cli_common import (
     seed_arg,
     unit_float,
 )
+from .cli_univid import add_eval_args as add_univid_eval_args
+from .cli_univid import is_unified, univid_eval_requested
+from .cli_univid import run_eval as run_univid_eval
 
 DEFAULT_SUITE = "seen,heldout"
 # Options that only make sense when vidiff generates the videos itself.
@@ -100,6 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--no-videos", action="store_true", help="--model: do not save the generated videos")
     o.add_argument("--max-failures", type=int, default=12, help="rows of failures.png (default 12)")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_univid_eval_args(p)
     return p
 
 
@@ -153,8 +157,16 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if univid_eval_requested(args) and args.model is None:
+        raise ValueError("--mode, --lambda-sweep, --sweep-stream and --samples evaluate a UniVid model: give --model")
     _check_args(args)
     apply_runtime_args(args)
+    if args.model is not None:
+        from .model_folder import read_index
+
+        index = read_index(args.model, ValueError) if (Path(args.model) / "model_index.json").is_file() else {}
+        if is_unified(index) or univid_eval_requested(args):
+            return run_univid_eval(args, index)
     from .eval.image_eval import evaluate_image_model, format_image_report, is_image_model
     from .eval.report import (
         GenerationSettings,

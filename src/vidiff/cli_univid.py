@@ -72,3 +72,96 @@ def run_unified(args: argparse.Namespace, model: str, prompt: str | None, image_
         if verdict:
             print(verdict)
     return 0
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    """``vidiff eval`` options of UniVid folders (design doc U1/U2, :mod:`vidiff.eval.lambda_sweep`)."""
+    u = p.add_argument_group("UniVid models (--model a UniVid folder; default: --mode t2v,i2v,ti2v)")
+    u.add_argument("--mode", help="modes to score on fresh canonical clips, comma-separated: t2v, i2v, ti2v")
+    u.add_argument("--lambda-sweep", metavar="W,W,...",
+                   help="sweep one stream weight over these values on conflicting text/image pairs (the other at 1) "
+                        "and plot where colour and shape follow the text or the image")
+    u.add_argument("--sweep-stream", choices=("image", "text"),
+                   help="the stream --lambda-sweep weights: image (λ_v, default) or text (λ_t)")
+    u.add_argument("--samples", type=int, help="clips per mode and per sweep weight (default 12)")
+
+
+_UNIVID_EVAL = ("mode", "lambda_sweep", "sweep_stream", "samples")
+# vidiff eval options a UniVid evaluation uses; any other one given is an error rather than silently ignored
+_UNIVID_USES = {"model", "output", "overwrite", "quiet", "seed", "steps", "guidance", "frames", "fps", "dtype",
+                "device", "threads", *_UNIVID_EVAL}
+
+
+def univid_eval_requested(args: argparse.Namespace) -> bool:
+    return any(getattr(args, n, None) is not None for n in _UNIVID_EVAL)
+
+
+def _parse_eval_args(args: argparse.Namespace, defaults: dict) -> tuple[list[str], list[float] | None]:
+    from .eval.lambda_sweep import MODES
+
+    modes = [] if args.mode is None else [m.strip() for m in args.mode.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"--mode: unknown mode {bad[0]!r}; choose from {', '.join(MODES)}")
+    weights = None
+    if args.lambda_sweep is not None:
+        try:
+            weights = [float(w) for w in args.lambda_sweep.split(",") if w.strip()]
+        except ValueError:
+            raise ValueError(f"--lambda-sweep takes comma-separated numbers, got {args.lambda_sweep!r}") from None
+        if not weights or any(not (w >= 0 and w < float("inf")) for w in weights):
+            raise ValueError(f"--lambda-sweep weights must be finite numbers >= 0, got {args.lambda_sweep!r}")
+    elif args.sweep_stream is not None:
+        raise ValueError("--sweep-stream chooses the stream of --lambda-sweep: give --lambda-sweep too")
+    if not modes and weights is None:
+        modes = list(MODES)
+    if args.samples is not None and args.samples < 2:
+        raise ValueError(f"--samples must be >= 2 (a sweep pairs clips), got {args.samples}")
+    return modes, weights
+
+
+def run_eval(args: argparse.Namespace, index: dict) -> int:
+    """``vidiff eval --model UNIVID``: its modes' probe scores and stream-weight sweeps, written to OUT_DIR."""
+    from pathlib import Path
+
+    if not is_unified(index):
+        given = [f"--{n.replace('_', '-')}" for n in _UNIVID_EVAL if getattr(args, n, None) is not None]
+        raise ValueError(f"{', '.join(given)} evaluate UniVid model folders; this one is a {index.get('_class_name')!r}")
+    other = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+             if k not in _UNIVID_USES and k not in ("command", "func", "max_failures", "metrics_batch_size")
+             and v not in (None, False)]
+    if other:
+        raise ValueError(f"{', '.join(sorted(other))} not supported when evaluating a UniVid model (it scores its "
+                         "modes and stream weights on fresh canonical clips)")
+    modes, weights = _parse_eval_args(args, index)
+    out = Path(args.output)
+    if (out / "lambda_sweep.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out / 'lambda_sweep.json'} exists: pass --overwrite or another -o")
+    import torch
+
+    from .eval.lambda_sweep import MODE_NAMES, lambda_sweep, mode_scores, sweep_table, write_sweep
+    from .pipelines.unified import UnifiedVideoPipeline
+
+    start = time.time()
+    pipe = UnifiedVideoPipeline.from_pretrained(args.model, torch_dtype=torch_dtype(args.dtype), device=args.device)
+    frames = args.frames or int(pipe.defaults.get("num_frames", 16))
+    size = int(pipe.defaults.get("height", 64))
+    generate = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, num_frames=frames, height=size,
+                    width=int(pipe.defaults.get("width", size)),
+                    fps=args.fps if args.fps is not None else int(pipe.defaults.get("fps", 4)), seed=0,
+                    progress=False)
+    samples, seed = args.samples or 12, 4321 + int(args.seed or 0)
+    with torch.no_grad():
+        scores = mode_scores(pipe, samples, seed, tuple(modes), **generate) if modes else {}
+        for mode, s in scores.items():
+            print(f"{MODE_NAMES[mode]}: " + ", ".join(f"{k} {v:.1f} %" for k, v in s.items()), flush=True)
+        sweeps = []
+        if weights is not None:
+            sweeps.append(lambda_sweep(pipe, weights, args.sweep_stream or "image", samples, seed, **generate))
+            print(sweep_table(sweeps[-1]), end="")
+    meta = {"model": str(args.model), "samples": samples, "seed": seed, "steps": args.steps, "num_frames": frames,
+            "seconds": round(time.time() - start, 1)}
+    for path in write_sweep(out, sweeps, scores, meta):
+        print(f"wrote {path}")
+    print(f"evaluated in {time.time() - start:.1f} s")
+    return 0
