@@ -456,3 +456,17 @@ def test_sweep_summary_finds_the_crossover_and_the_rank_correlation():
     rows = [{"weight": w, "colour_is_text": t, "colour_is_image": v} for w, t, v in ((0, 90, 0), (1, 40, 50), (2, 0, 80))]
     summary = SweepResult("image", [0, 1, 2], rows).summary
     assert summary["spearman_colour_follows_swept_stream"] == 1.0 and 0 < summary["crossover_colour"] < 1
+
+
+def test_mode_counts_survive_a_resume(tmp_path):
+    import json
+
+    from test_training import run_config
+
+    raw, _ = _univid_config(tmp_path / "run", max_steps=3)
+    first = run_config({**raw, "train": {**raw["train"], "stop_at_step": 1}})
+    assert not first.finished
+    done = run_config(raw)
+    counts = json.loads((done.model_dir / "model_index.json").read_text())["mode_counts"]
+    rows = raw["data"]["batch_size"] * 3
+    assert sum(counts.values()) == rows, counts  # the rows before the stop are counted too

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,8 @@ class TrainState:
     """Loop position, saved with every checkpoint (registered with accelerate as a custom object).
 
     ``epoch`` and ``batch_in_epoch`` are the data position: the number of micro-batches already consumed from the
-    epoch's deterministic batch order, so a resumed run continues with the very next batch.
+    epoch's deterministic batch order, so a resumed run continues with the very next batch. ``task_counters`` are a
+    task's running counts (UniVid's rows per mode), carried across a resume.
     """
 
     step: int = 0
@@ -59,6 +60,7 @@ class TrainState:
     samples_seen: int = 0
     train_seconds: float = 0.0
     fingerprint: str = ""
+    task_counters: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -476,6 +476,11 @@ class UnifiedVideoTask(TextToVideoTask):
                               "true in model.unet.config (or drop data.images)")
         self.mode_counts = {m: 0 for m in (*self.MODES, "null")}
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """Rows per mode, saved with each checkpoint and restored on resume (the trainer's task-counter protocol)."""
+        return self.mode_counts
+
     def draw_modes(self, gens: list[torch.Generator]) -> list[str]:
         """One mode per sample from its own generator (the same draw whichever process holds the sample)."""
         mix = self.cfg.train.task_mix

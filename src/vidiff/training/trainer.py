@@ -197,6 +197,10 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
             state.fingerprint = cfg.fingerprint()
         say(f"[vidiff train] resumed from {resume_from} at step {state.step} "
             f"(epoch {state.epoch}, batch {state.batch_in_epoch})")
+    counters = getattr(task, "counters", None)
+    if counters is not None:  # one dict, the task's and the state's: every checkpoint saves the live counts
+        counters.update(state.task_counters)
+        state.task_counters = counters
     if main:
         from vidiff.utils.io import atomic_write_text
 
