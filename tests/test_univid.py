@@ -373,6 +373,26 @@ def test_unified_training_exports_a_folder_the_pipeline_and_cli_run(tmp_path, ca
                  "-o", str(tmp_path / "x.mp4")]) == 2
     assert "both streams are off" in capsys.readouterr().err
 
+    # a LoRA on the UniVid U-Net: PSTAttn counts as temporal (cross-frame) attention; generate --lora applies it
+    from vidiff.models.lora import add_lora, lora_file_from_unet, resolve_targets, save_lora
+
+    unet = copy.deepcopy(pipe.unet)
+    spatial = resolve_targets(unet, ["spatial"])
+    temporal = add_lora(unet, rank=2, targets=["temporal"])
+    assert any(".attn_pst." in n for n in temporal) and not any(".attn_pst." in n for n in spatial)
+    assert not set(spatial) & set(temporal) and any(".attn2." in n for n in spatial)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.5)
+    save_lora(lora_file_from_unet(unet), tmp_path / "t.safetensors")
+    plain, adapted = tmp_path / "plain.mp4", tmp_path / "adapted.mp4"
+    for path, extra in ((plain, []), (adapted, ["--lora", str(tmp_path / "t.safetensors")])):
+        assert main(["generate", "a red circle moving left", "--model", str(result.model_dir), "--image", str(img),
+                     "--steps", "2", "-o", str(path), *extra]) == 0
+    capsys.readouterr()
+    assert plain.read_bytes() != adapted.read_bytes()
+
     # vidiff eval: the modes (U1) and a stream-weight sweep on conflicting pairs (U2), written with their plot
     import json
 

@@ -39,8 +39,8 @@ def run_unified(args: argparse.Namespace, model: str, prompt: str | None, image_
                                          ("--last-image", getattr(args, "last_image", None) is not None),
                                          ("--loop", getattr(args, "loop", False)),
                                          ("--deep-cache", getattr(args, "deep_cache", None) is not None),
-                                         ("--attention-broadcast", getattr(args, "attention_broadcast", False)),
-                                         ("--lora", bool(getattr(args, "lora", None)))) if on]
+                                         ("--attention-broadcast", getattr(args, "attention_broadcast", False)))
+                   if on]
     if unsupported:
         raise ValueError(f"{', '.join(unsupported)} not supported with a UniVid model")
     from .pipelines.image_io import open_image
@@ -51,7 +51,8 @@ def run_unified(args: argparse.Namespace, model: str, prompt: str | None, image_
     stream_weights(prompt is not None, image_path is not None, text_scale, image_scale)  # fail before loading
     image = open_image(image_path) if image_path is not None else None
     start = time.time()
-    pipe = UnifiedVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device)
+    pipe = UnifiedVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
+                                                lora=getattr(args, "lora", None))
     fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 4)
     out = pipe(prompt, image, text_scale=text_scale, image_scale=image_scale, guidance_scale=args.guidance,
                image_guidance_scale=getattr(args, "image_guidance", None), negative_prompt=args.negative_prompt,

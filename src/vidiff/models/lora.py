@@ -54,7 +54,8 @@ ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0", "to_k_ip", "to_v_ip
 TARGET_PRESETS = {
     "cross": "the cross-attention (attn2) projections of the spatial transformers: text (and image) to pixels",
     "spatial": "self- and cross-attention projections of the spatial transformers",
-    "temporal": "attention projections of the temporal transformers (incl. the one after conv_in)",
+    "temporal": "attention projections across frames: the temporal transformers (incl. the one after conv_in) and "
+                "UniVid's PSTAttn",
     "attention": "spatial + temporal",
     "all": "every Linear, Conv2d and Conv3d of the U-Net (the coverage of the released VideoCrafter2 LoRAs)",
 }
@@ -94,11 +95,15 @@ class LoraFile:
 
 
 def _kinds(unet: nn.Module) -> dict[str, str]:
-    """Attention layer name -> "spatial" or "temporal", by the transformer that holds it."""
+    """Attention layer name -> "spatial" or "temporal", by the innermost layer that holds it: a spatial transformer,
+    or a temporal transformer or UniVid's cross-frame attention (PSTAttn, inside a spatial transformer block)."""
     from .attention import Attention, SpatialTransformer, TemporalTransformer
+    from .univid import PyramidFrameAttention
 
     owners = [(name, "spatial" if isinstance(m, SpatialTransformer) else "temporal")
-              for name, m in unet.named_modules() if isinstance(m, SpatialTransformer | TemporalTransformer)]
+              for name, m in unet.named_modules()
+              if isinstance(m, SpatialTransformer | TemporalTransformer | PyramidFrameAttention)]
+    owners.sort(key=lambda o: -len(o[0]))  # innermost first
     out = {}
     for name, module in unet.named_modules():
         if isinstance(module, Attention):
