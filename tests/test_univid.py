@@ -398,12 +398,13 @@ def test_unified_training_exports_a_folder_the_pipeline_and_cli_run(tmp_path, ca
 
     report_dir = tmp_path / "eval"
     args = ["eval", "--model", str(result.model_dir), "--mode", "t2v,ti2v", "--lambda-sweep", "0,1", "--samples", "3",
-            "--steps", "2", "-o", str(report_dir)]
+            "--suite", "seen,heldout", "--steps", "2", "-o", str(report_dir)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "text-to-video: colour" in printed and "lambda_sweep_image.png" in printed
+    assert "heldout text-to-video: colour" in printed and "lambda_sweep_image.png" in printed
     report = json.loads((report_dir / "lambda_sweep.json").read_text())
-    assert set(report["modes"]) == {"t2v", "ti2v"} and "identity" in report["modes"]["ti2v"]
+    assert set(report["modes"]) == {"seen", "heldout"} and set(report["modes"]["seen"]) == {"t2v", "ti2v"}
+    assert "identity" in report["modes"]["heldout"]["ti2v"]
     rows = report["sweeps"][0]["rows"]
     assert [r["weight"] for r in rows] == [0.0, 1.0] and report["sweeps"][0]["stream"] == "image"
     assert all(0 <= r[k] <= 100 for r in rows for k in ("colour_is_text", "colour_is_image", "shape_is_text"))
@@ -414,6 +415,7 @@ def test_unified_training_exports_a_folder_the_pipeline_and_cli_run(tmp_path, ca
                          (["--lambda-sweep", "0,-1"], "finite numbers >= 0"),
                          (["--mode", "t2i"], "unknown mode 't2i'"),
                          (["--sweep-stream", "text"], "give --lambda-sweep too"),
+                         (["--suite", "train"], "--suite: choose from seen, heldout"),
                          (["--height", "16"], "--height not supported")):
         assert main(["eval", "--model", str(result.model_dir), *bad, "-o", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err, bad

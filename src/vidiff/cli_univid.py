@@ -78,7 +78,8 @@ def run_unified(args: argparse.Namespace, model: str, prompt: str | None, image_
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     """``vidiff eval`` options of UniVid folders (design doc U1/U2, :mod:`vidiff.eval.lambda_sweep`)."""
     u = p.add_argument_group("UniVid models (--model a UniVid folder; default: --mode t2v,i2v,ti2v)")
-    u.add_argument("--mode", help="modes to score on fresh canonical clips, comma-separated: t2v, i2v, ti2v")
+    u.add_argument("--mode", help="modes to score on fresh canonical clips, comma-separated: t2v, i2v, ti2v (of the "
+                                  "--suite splits: seen and/or heldout object triples; default seen)")
     u.add_argument("--lambda-sweep", metavar="W,W,...",
                    help="sweep one stream weight over these values on conflicting text/image pairs (the other at 1) "
                         "and plot where colour and shape follow the text or the image")
@@ -90,7 +91,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 _UNIVID_EVAL = ("mode", "lambda_sweep", "sweep_stream", "samples")
 # vidiff eval options a UniVid evaluation uses; any other one given is an error rather than silently ignored
 _UNIVID_USES = {"model", "output", "overwrite", "quiet", "seed", "steps", "guidance", "frames", "fps", "dtype",
-                "device", "threads", *_UNIVID_EVAL}
+                "device", "threads", "suite", *_UNIVID_EVAL}
 
 
 def univid_eval_requested(args: argparse.Namespace) -> bool:
@@ -116,6 +117,11 @@ def _parse_eval_args(args: argparse.Namespace, defaults: dict) -> tuple[list[str
         raise ValueError("--sweep-stream chooses the stream of --lambda-sweep: give --lambda-sweep too")
     if not modes and weights is None:
         modes = list(MODES)
+    from .eval.lambda_sweep import SPLIT_WORLDS
+
+    splits = [s.strip() for s in (args.suite or "seen").split(",") if s.strip()]
+    if not splits or any(s not in SPLIT_WORLDS for s in splits):
+        raise ValueError(f"--suite: choose from {', '.join(SPLIT_WORLDS)} (comma-separated), got {args.suite!r}")
     if args.samples is not None and args.samples < 2:
         raise ValueError(f"--samples must be >= 2 (a sweep pairs clips), got {args.samples}")
     return modes, weights
@@ -152,10 +158,13 @@ def run_eval(args: argparse.Namespace, index: dict) -> int:
                     fps=args.fps if args.fps is not None else int(pipe.defaults.get("fps", 4)), seed=0,
                     progress=False)
     samples, seed = args.samples or 12, 4321 + int(args.seed or 0)
+    splits = [s.strip() for s in (args.suite or "seen").split(",") if s.strip()]
+    scores = {}
     with torch.no_grad():
-        scores = mode_scores(pipe, samples, seed, tuple(modes), **generate) if modes else {}
-        for mode, s in scores.items():
-            print(f"{MODE_NAMES[mode]}: " + ", ".join(f"{k} {v:.1f} %" for k, v in s.items()), flush=True)
+        for split in splits if modes else []:
+            scores[split] = mode_scores(pipe, samples, seed, tuple(modes), split, **generate)
+            for mode, s in scores[split].items():
+                print(f"{split} {MODE_NAMES[mode]}: " + ", ".join(f"{k} {v:.1f} %" for k, v in s.items()), flush=True)
         sweeps = []
         if weights is not None:
             sweeps.append(lambda_sweep(pipe, weights, args.sweep_stream or "image", samples, seed, **generate))

@@ -28,10 +28,16 @@ MODES = ("t2v", "i2v", "ti2v")
 MODE_NAMES = {"t2v": "text-to-video", "i2v": "image-to-video", "ti2v": "text+image-to-video"}
 
 
-def canonical_clips(n: int, seed: int, num_frames: int = 16, size: int = 64):
-    """``n`` one-object clips with canonical captions ("a {colour} {shape} moving {direction}") of a seeded world."""
+SPLIT_WORLDS = {"seen": "train", "heldout": "heldout"}  # eval split -> the shapes world's split of object triples
+
+
+def canonical_clips(n: int, seed: int, num_frames: int = 16, size: int = 64, split: str = "seen"):
+    """``n`` one-object clips with canonical captions ("a {colour} {shape} moving {direction}") of a seeded world,
+    their objects from the training triples (``seen``) or the held-out ones (``heldout``)."""
+    if split not in SPLIT_WORLDS:
+        raise ValueError(f"unknown split {split!r}: choose from {', '.join(SPLIT_WORLDS)}")
     world = ShapesWorldConfig(height=size, width=size, num_frames=num_frames, second_object_prob=0.0, seed=seed,
-                              split="train", phrasings=("canonical",))
+                              split=SPLIT_WORLDS[split], phrasings=("canonical",))
     ds = ShapesVideoDataset(world, length=n, ground_truth=False)
     items = [ds[i] for i in range(n)]
     return world, torch.stack([it["video"] for it in items]), [it["caption"] for it in items]
@@ -59,13 +65,13 @@ def _share(rows: list[dict], name: str) -> float:
 
 
 def mode_scores(pipe, samples: int = 12, clip_seed: int = 4321, modes: tuple[str, ...] = MODES,
-                **generate: Any) -> dict[str, dict[str, float]]:
+                split: str = "seen", **generate: Any) -> dict[str, dict[str, float]]:
     """Probe pass rates (%) of each mode: colour, shape, motion against the caption; identity and first_frame against
     the conditioning image where there is one."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode {unknown[0]!r}: choose from {', '.join(MODES)}")
-    world, videos, captions = canonical_clips(samples, clip_seed, *_clip_shape(generate))
+    world, videos, captions = canonical_clips(samples, clip_seed, *_clip_shape(generate), split=split)
     first, first_u8 = videos[:, :, 0], batch_to_uint8_frames(videos)[:, 0]
     out = {}
     for mode in modes:
@@ -243,9 +249,10 @@ def plot_sweep(result: SweepResult, path: Path) -> Path:
     return path
 
 
-def write_sweep(out_dir: Path, sweeps: list[SweepResult], modes: dict[str, dict[str, float]] | None = None,
+def write_sweep(out_dir: Path, sweeps: list[SweepResult], modes: dict[str, dict[str, dict[str, float]]] | None = None,
                 meta: dict[str, Any] | None = None) -> list[Path]:
-    """``lambda_sweep.json``, ``lambda_sweep.md`` and one plot per swept stream; returns the paths written."""
+    """``lambda_sweep.json``, ``lambda_sweep.md`` and one plot per swept stream; ``modes`` is split -> mode -> probe
+    pass rates. Returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {**(meta or {}), "modes": modes or {},
               "sweeps": [{**asdict(s), "summary": s.summary} for s in sweeps]}
@@ -253,10 +260,13 @@ def write_sweep(out_dir: Path, sweeps: list[SweepResult], modes: dict[str, dict[
     atomic_write_text(paths[0], json.dumps(report, indent=2))
     md = []
     if modes:
-        md += ["| mode | colour % | shape % | motion % | identity % | first frame % |", "|---|---|---|---|---|---|"]
-        for mode, s in modes.items():
-            md.append(f"| {mode} | " + " | ".join(f"{s.get(k, float('nan')):.1f}" for k in
-                                                 ("colour", "shape", "motion", "identity", "first_frame")) + " |")
+        md += ["| split | mode | colour % | shape % | motion % | identity % | first frame % |",
+               "|---|---|---|---|---|---|---|"]
+        for split, by_mode in modes.items():
+            for mode, s in by_mode.items():
+                md.append(f"| {split} | {mode} | " + " | ".join(
+                    f"{s.get(k, float('nan')):.1f}" for k in ("colour", "shape", "motion", "identity", "first_frame"))
+                    + " |")
         md.append("")
     for s in sweeps:
         md.append(sweep_table(s))
