@@ -164,7 +164,9 @@ def decode_video(vae: AutoencoderKL, latents: torch.Tensor, *, chunk_size: int |
     """Scaled latents (b, c, t, h, w) -> frames (b, C, t, h*f, w*f), about [-1, 1] and not clamped.
 
     Divides by the scaling factor first, then decodes ``chunk_size`` frames per call (None = all at once), so memory
-    stays bounded for long videos; the official VC code also decodes frame by frame.
+    stays bounded for long videos; the official VC code also decodes frame by frame. A video decoder
+    (:class:`~vidiff.models.video_decoder.TemporalDecoderAutoencoderKL`) decodes each video in temporal chunks of its
+    ``decode_chunk_frames`` instead (its temporal context; ``chunk_size`` does not split a chunk).
     """
     _check_chunk(chunk_size)
     if not isinstance(latents, torch.Tensor) or latents.dim() != 5:
@@ -179,6 +181,14 @@ def decode_video(vae: AutoencoderKL, latents: torch.Tensor, *, chunk_size: int |
     shift = getattr(vae.config, "shift_factor", None)
     if shift is not None:
         z = z + shift
+    from .video_decoder import TemporalDecoderAutoencoderKL
+
+    if isinstance(vae, TemporalDecoderAutoencoderKL):  # whole clips of up to its window per call, a video at a time
+        window = vae.decode_window
+        video = rearrange(z, "(b t) c h w -> b t c h w", b=b, t=t)
+        out = [torch.cat([vae.decode(clip, num_frames=clip.shape[0]).sample for clip in v.split(window)])
+               for v in video]
+        return rearrange(torch.stack(out), "b t c h w -> b c t h w")
     step = z.shape[0] if chunk_size is None else chunk_size
     frames = torch.cat([vae.decode(chunk).sample for chunk in z.split(step)])
     return rearrange(frames, "(b t) c h w -> b c t h w", b=b, t=t)
