@@ -108,3 +108,85 @@ def test_bad_calls_are_clear_errors_and_the_folder_round_trip_keeps_the_class(tm
     z = latents(b=1, t=4)
     with torch.no_grad():
         torch.testing.assert_close(decode_video(loaded, z), decode_video(video.eval(), z), atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------- degradations, task
+
+
+def test_degradations_touch_the_input_only_and_are_seeded():
+    from vidiff.data.degrade import DegradeConfig, degrade_clip, draw_degradation
+
+    clean = torch.rand(3, 4, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    keep = clean.clone()
+    cfg = DegradeConfig(blur_prob=1.0, noise_prob=1.0, jpeg_prob=1.0)
+    a = degrade_clip(clean, cfg, torch.Generator().manual_seed(5))
+    b = degrade_clip(clean, cfg, torch.Generator().manual_seed(5))
+    assert torch.equal(clean, keep) and torch.equal(a, b) and a.shape == clean.shape
+    psnr = 10 * torch.log10(4 / (a - clean).square().mean())
+    assert psnr < 35 and a.min() >= -1 and a.max() <= 1
+    noise_only = DegradeConfig(blur_prob=0.0, noise_prob=1.0, jpeg_prob=0.0, noise_std=[0.05, 0.05])
+    frames = degrade_clip(torch.zeros(3, 4, 16, 16), noise_only, torch.Generator().manual_seed(1))
+    assert not torch.equal(frames[:, 0], frames[:, 1])  # noise is drawn per frame
+    assert abs(float(frames.std()) - 0.05) < 0.01
+    off = DegradeConfig(blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0)
+    assert draw_degradation(off, torch.Generator().manual_seed(0)).noise_std is None
+    with pytest.raises(ValueError, match="blur_prob must be in"):
+        DegradeConfig(blur_prob=1.5)
+    with pytest.raises(ValueError, match="jpeg_quality must be at most 100"):
+        DegradeConfig(jpeg_quality=[50, 120])
+
+
+def _decoder_run(tmp_path, **train):
+    from test_training import tiny_config
+
+    source = tmp_path / "image_vae"
+    if not source.is_dir():
+        image_vae().save_pretrained(source)
+    return tiny_config(tmp_path, task="video_decoder",
+                       model={"vae": {"pretrained": str(source)},
+                              "video_decoder": {"temporal_length": 4, "temporal_attention_head_dim": 32}},
+                       train={"max_steps": 3, "ema": False, "trainable": ["@video_decoder"], "recon_loss": "l1",
+                              **train},
+                       sample={"every": 0, "at_end": False, "num_reconstructions": 1},
+                       export={"at_end": True})
+
+
+def test_video_decoder_training_exports_a_vae_that_keeps_the_encoder(tmp_path):
+    from test_training import run_config
+
+    from vidiff.model_folder import write_index
+    from vidiff.training.config import ConfigError, config_from_dict
+    from vidiff.training.tasks import make_task
+
+    raw = _decoder_run(tmp_path / "run")
+    task = make_task(config_from_dict(raw), torch.device("cpu"))
+    start = {k: v.clone() for k, v in task.autoencoder.state_dict().items()}
+    assert all(torch.equal(start[k], v) for k, v in image_vae().state_dict().items())
+    clips = torch.rand(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    loss, metrics = task.loss(task.module, {"video": clips.clone()}, gens)
+    assert torch.isfinite(loss) and set(metrics) == {"loss", "l1"}
+    (sheet,) = task.preview(tmp_path, "preview")  # clean, degraded, image decoder, video decoder
+    assert sheet.is_file()
+    result = run_config(raw)
+    assert result.finished and (result.model_dir / "config.json").is_file()
+    (tmp_path / "folder").mkdir()
+    write_index(tmp_path / "folder", {"_class_name": "TextToVideoPipeline"}, {"vae": task.autoencoder})
+    (tmp_path / "folder" / "vae").symlink_to(result.model_dir)
+    from vidiff.model_folder import load_component
+
+    trained = load_component(tmp_path / "folder", "vae")
+    assert type(trained).__name__ == "TemporalDecoderAutoencoderKL"
+    state = trained.state_dict()
+    for k, v in start.items():
+        if k.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(state[k], v), k  # the latent space is the image autoencoder's
+    assert any(not torch.equal(state[k], v) for k, v in start.items() if k.startswith("temporal_"))
+    assert trained.config.scaling_factor == TINY_VAE["scaling_factor"]
+
+    with pytest.raises(ConfigError, match="keeps the image encoder frozen"):
+        make_task(config_from_dict(_decoder_run(tmp_path / "bad", trainable=["*"])), torch.device("cpu"))
+    bad = _decoder_run(tmp_path / "bad2")
+    bad["model"]["video_decoder"] = {"temporal_kernel": 3}
+    with pytest.raises(ConfigError, match="model.video_decoder: unknown temporal option"):
+        make_task(config_from_dict(bad), torch.device("cpu"))

@@ -127,7 +127,9 @@ class TemporalDecoderAutoencoderKL(LDMAutoencoderKL):
         if unexpected or any(not n.startswith("temporal_") for n in missing):
             raise ValueError(f"the image autoencoder does not fit this layout (unexpected {unexpected[:3]}, missing "
                              f"{[n for n in missing if not n.startswith('temporal_')][:3]})")
-        return model.to(device=next(vae.parameters()).device, dtype=next(vae.parameters()).dtype)
+        param = next(vae.parameters())
+        model = model.to(param.device)
+        return model if param.dtype == torch.float32 else model.to(param.dtype)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None,
                num_frames: int = 1) -> DecoderOutput | tuple[torch.Tensor]:

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from vidiff.data.degrade import DegradeConfig
+
 # What the binding probe can swap or drop (vidiff.training.binding); here so that configs validate without torch.
 BINDING_ATTRIBUTES = ("colour", "shape", "motion", "size", "background", "image", "caption", "empty")
 
@@ -46,7 +48,7 @@ __all__ = [
     "load_config",
 ]
 
-TASKS = ("t2i", "t2v", "i2v", "univid", "autoencoder")
+TASKS = ("t2i", "t2v", "i2v", "univid", "autoencoder", "video_decoder")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RECON_LOSSES = ("l1", "l2", "l1+l2")
@@ -90,8 +92,8 @@ def _check_timestep_sampling(spec: dict) -> None:
 
 def _check_lora(c: RunConfig) -> None:
     lora = c.train.lora
-    if c.task == "autoencoder":
-        raise ConfigError("train.lora adapts a diffusion U-Net; task autoencoder has none")
+    if c.task in ("autoencoder", "video_decoder"):
+        raise ConfigError(f"train.lora adapts a diffusion U-Net; task {c.task} has none")
     if lora.rank < 1:
         raise ConfigError(f"train.lora.rank must be a positive integer, got {lora.rank}")
     if lora.alpha is not None and not lora.alpha > 0:
@@ -135,7 +137,10 @@ class ModelConfig:
     concatenated to the noisy latent, so the U-Net takes 2x the latent channels) or "vc" (VideoCrafter1 i2v: image
     tokens only); ``cond_frame`` picks the conditioning frame ("first", or "random" per sample as DynamiCrafter's
     ``rand_cond_frame``). ``autoencoder_input`` (autoencoder task): "frames" encodes frames as images, "video" hands
-    whole clips (b, 3, t, H, W) to encode/decode, for autoencoders with temporal layers.
+    whole clips (b, 3, t, H, W) to encode/decode, for autoencoders with temporal layers. ``video_decoder`` (task
+    video_decoder): the temporal options of :class:`~vidiff.models.video_decoder.TemporalDecoderAutoencoderKL`
+    (``temporal_kernel_size``, ``temporal_attention_head_dim``, ``temporal_length``, ``decode_chunk_frames``) for an
+    image autoencoder made temporal.
     """
 
     init_from: str | None = None
@@ -150,6 +155,7 @@ class ModelConfig:
     i2v_flavour: Literal["dc", "vc"] = "dc"
     cond_frame: Literal["first", "random"] = "first"
     autoencoder_input: Literal["frames", "video"] = "frames"
+    video_decoder: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
 
 
@@ -166,6 +172,7 @@ class DataConfig:
     image_batch_size: int = 8
     image_batches_per_video_batch: float = 0.0
     images_as_static_clips: bool = False
+    degrade: DegradeConfig | None = None
     frames_per_clip: int = 2
     num_workers: int = 0
     shuffle: bool = True
@@ -307,7 +314,7 @@ class DistributedConfig:
 
 @dataclass
 class RunConfig:
-    task: Literal["t2i", "t2v", "i2v", "univid", "autoencoder"] = "t2v"
+    task: Literal["t2i", "t2v", "i2v", "univid", "autoencoder", "video_decoder"] = "t2v"
     output_dir: str = "outputs/run"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -435,7 +442,12 @@ def _build(cls: type, data: dict, path: str) -> Any:
     for name in names:
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], f"{path}.{name}" if path else name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a section's own checks (__post_init__)
+        raise ConfigError(f"{path}: {err}" if path and not str(err).startswith(path) else str(err)) from None
 
 
 _SECTIONS = {
@@ -518,6 +530,10 @@ def _validate(c: RunConfig) -> None:
     t, d, o = c.train, c.data, c.optim
     if not c.output_dir:
         raise ConfigError("output_dir must not be empty")
+    if c.task != "video_decoder":
+        given = [n for n, v in (("data.degrade", d.degrade), ("model.video_decoder", c.model.video_decoder)) if v]
+        if given:
+            raise ConfigError(f"{', '.join(given)} configure task video_decoder, not {c.task}")
     for path, value, zero_ok in (
         ("train.max_steps", t.max_steps, False),
         ("train.grad_accum_steps", t.grad_accum_steps, False),
@@ -602,6 +618,7 @@ def _validate(c: RunConfig) -> None:
             raise ConfigError(f"model.{name}.class_path must look like 'package.module:ClassName', got {comp.class_path!r}")
     needed = {
         "autoencoder": ("vae",),
+        "video_decoder": ("vae",),
         "t2i": ("unet", "vae", "text_encoder"),
         "t2v": ("unet", "vae", "text_encoder"),
         "i2v": ("unet", "vae", "text_encoder", "image_encoder", "image_projector"),

@@ -10,7 +10,8 @@ A stage lists *selectors* in ``train.trainable`` and optionally removes some wit
 * a preset: ``@temporal`` (temporal attention + temporal convolutions, for growing a video model out of an image model),
   ``@image_cross_attention`` (DynamiCrafter's first stage: the image projector and the image key/value projections of
   the cross-attention layers), ``@image_cross`` (UniVid's stage 2: every cross-attention, its image stream
-  included), ``@pyramid`` (UniVid's PSTAttn and PSTConv layers), ``@all``.
+  included), ``@pyramid`` (UniVid's PSTAttn and PSTConv layers), ``@video_decoder`` (a video decoder's decoder, 2D
+  and temporal layers; its encoder stays frozen) and ``@video_decoder_temporal`` (its temporal layers alone), ``@all``.
 
 UniVid's three stages (§IV-A) as selectors: 1, text-to-video from the base: ``[@all]`` with ``train.task_mix:
 {t2v: 1}`` (the image stream then gets no gradient); 2, the image stream and cross-attention: ``[@image_cross,
@@ -33,6 +34,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "@image_cross_attention": ("*.to_k_ip.*", "*.to_v_ip.*", "*.attn2.alpha", "image_projector.*"),
     "@image_cross": ("*.attn2.*",),
     "@pyramid": ("module:PyramidFrameAttention", "module:TemporalConv1d"),
+    "@video_decoder": ("autoencoder.decoder.*", "autoencoder.post_quant_conv.*", "autoencoder.temporal_*"),
+    "@video_decoder_temporal": ("autoencoder.temporal_*",),
 }
 
 

@@ -8,6 +8,7 @@ renders previews and exports a model folder. ``module`` is the ``nn.Module`` han
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from vidiff.training.losses import (
 from vidiff.training.models import DenoiserBundle, build_component, build_video_components
 
 __all__ = ["AutoencoderBundle", "AutoencoderTask", "ImageToVideoTask", "TextToImageTask", "TextToVideoTask",
-           "UnifiedVideoTask", "make_task"]
+           "UnifiedVideoTask", "VideoDecoderTask", "make_task"]
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -715,7 +716,125 @@ class AutoencoderTask:
         (folder / "training.json").write_text(json.dumps({"step": step, "config": config_to_dict(self.cfg)}, indent=2))
 
 
+class VideoDecoderBundle(nn.Module):
+    """The trained forward of a video decoder: clean/degraded clips -> (reconstruction of every frame, no KL).
+
+    The frames of the (degraded) clip are encoded by the frozen image encoder (posterior sampled with ``eps_fn``) and
+    decoded as one clip of ``t`` frames by :class:`~vidiff.models.video_decoder.TemporalDecoderAutoencoderKL`."""
+
+    def __init__(self, autoencoder: nn.Module) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, video: torch.Tensor, eps_fn: Callable[[tuple[int, ...]], torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, None]:
+        b, t = video.shape[0], video.shape[2]
+        with torch.no_grad():
+            dist = self.autoencoder.encode(rearrange(video, "b c t h w -> (b t) c h w")).latent_dist
+            z = dist.mean if eps_fn is None else dist.mean + dist.std * eps_fn(tuple(dist.mean.shape)).to(dist.mean)
+        recon = self.autoencoder.decode(z, num_frames=t).sample
+        return rearrange(recon, "(b t) c h w -> b c t h w", b=b, t=t), None
+
+
+class VideoDecoderTask(AutoencoderTask):
+    """VideoGen's video decoder (§3.4): the image autoencoder's decoder with identity-initialised temporal layers,
+    trained to reconstruct the clean clip from the latents of a degraded one (``data.degrade``, applied in pixel space
+    before the frozen encoder). The encoder and its latent space do not change, so the export is the ``vae`` of any
+    model folder trained on that autoencoder."""
+
+    FROZEN = ("autoencoder.encoder.", "autoencoder.quant_conv.")
+
+    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        from vidiff.data.degrade import DegradeConfig
+        from vidiff.models.video_decoder import TemporalDecoderAutoencoderKL
+        from vidiff.training.params import SelectorError, select_parameters
+
+        self.cfg = cfg
+        self.device = device
+        vae = build_component("vae", cfg.model.vae, cfg.model.init_from)
+        if not isinstance(vae, TemporalDecoderAutoencoderKL):
+            try:
+                vae = TemporalDecoderAutoencoderKL.from_image_autoencoder(vae, **cfg.model.video_decoder)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"model.video_decoder: {err}") from err
+        elif cfg.model.video_decoder:
+            raise ConfigError("model.video_decoder sets the temporal layers of an image autoencoder; model.vae is "
+                              "already a video decoder")
+        self.autoencoder = vae
+        self.autoencoder.encoder.requires_grad_(False)
+        # the image decoder as it was (previews compare against it); the encoder is shared, so nothing is lost
+        self.image_autoencoder = copy.deepcopy(vae).requires_grad_(False).eval().to(device)
+        self.image_autoencoder.init_temporal_identity()
+        self.module = VideoDecoderBundle(vae)
+        self.video_input = True
+        self.degrade = cfg.data.degrade or DegradeConfig()
+        self.metric_names = ("loss", *(("l1",) if "l1" in cfg.train.recon_loss else ()),
+                             *(("l2",) if "l2" in cfg.train.recon_loss else ()))
+        try:
+            chosen = select_parameters(self.module, cfg.train.trainable, cfg.train.frozen)
+        except SelectorError as err:
+            raise ConfigError(f"train.trainable/frozen: {err}") from err
+        frozen = sorted(n for n in chosen if n.startswith(self.FROZEN))
+        if frozen:
+            raise ConfigError(f"a video decoder keeps the image encoder frozen (its latent space is the diffusion "
+                              f"models'), but train.trainable selects {frozen[0]}: use @video_decoder")
+        if cfg.train.gradient_checkpointing:
+            raise ConfigError("train.gradient_checkpointing is not supported by the video decoder")
+        self.preview_batch: torch.Tensor | None = None
+
+    def degraded(self, video: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+        from vidiff.data.degrade import degrade_clip
+
+        return torch.stack([degrade_clip(v, self.degrade, g) for v, g in zip(video, gens)])
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        if "video" not in batch:
+            raise ConfigError("video-decoder training needs pixel clips (data.videos of type shapes or csv)")
+        video = batch["video"]
+        if video.shape[2] > self.autoencoder.config.temporal_length:
+            raise ConfigError(f"clips of {video.shape[2]} frames exceed the decoder's temporal_length "
+                              f"{self.autoencoder.config.temporal_length} (model.video_decoder.temporal_length)")
+        if self.preview_batch is None:
+            self.preview_batch = video[: self.cfg.sample.num_reconstructions].clone()
+        degraded = self.degraded(video, gens).to(self.device)
+        t = video.shape[2]
+
+        def eps_fn(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.cat([torch.randn((t, *shape[1:]), generator=g) for g in gens])
+
+        recon, _ = model(degraded, eps_fn)
+        return autoencoder_loss(video.to(self.device), recon, None, self.cfg.train.recon_loss, 0.0)
+
+    @torch.no_grad()
+    def _reconstruct(self, video: torch.Tensor) -> torch.Tensor:
+        return self.module(video.to(self.device))[0].float().cpu()
+
+    def preview(self, out_dir: Path, tag: str) -> list[Path]:
+        """Rows: a clean clip, its degraded copy, the image decoder's and the video decoder's decoding of it."""
+        from vidiff.models.autoencoder import decode_video, encode_video
+        from vidiff.utils.video import batch_to_uint8_frames, write_contact_sheet
+
+        if self.preview_batch is None:
+            return []
+        gens = [torch.Generator().manual_seed(1000 + i) for i in range(len(self.preview_batch))]
+        degraded = self.degraded(self.preview_batch, gens)
+        was_training = self.autoencoder.training
+        self.autoencoder.eval()
+        try:
+            ours = self._reconstruct(degraded)
+            z = encode_video(self.image_autoencoder, degraded.to(self.device), sample=False)
+            per_frame = decode_video(self.image_autoencoder, z, chunk_size=None).float().cpu()
+        finally:
+            self.autoencoder.train(was_training)
+        self.last_preview_l1 = float((ours.clamp(-1, 1) - self.preview_batch).abs().mean())
+        rows = []
+        for clip in zip(*(batch_to_uint8_frames(v.clamp(-1, 1)) for v in (self.preview_batch, degraded, per_frame,
+                                                                            ours))):
+            rows += list(clip)
+        return [write_contact_sheet(rows, out_dir / f"{tag}.png", columns=None)]
+
+
 def make_task(cfg: RunConfig, device: torch.device) -> TextToVideoTask | AutoencoderTask:
     tasks = {"t2i": TextToImageTask, "t2v": TextToVideoTask, "i2v": ImageToVideoTask, "univid": UnifiedVideoTask,
-             "autoencoder": AutoencoderTask}
+             "autoencoder": AutoencoderTask, "video_decoder": VideoDecoderTask}
     return tasks[cfg.task](cfg, device)
