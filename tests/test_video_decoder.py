@@ -190,3 +190,33 @@ def test_video_decoder_training_exports_a_vae_that_keeps_the_encoder(tmp_path):
     bad["model"]["video_decoder"] = {"temporal_kernel": 3}
     with pytest.raises(ConfigError, match="model.video_decoder: unknown temporal option"):
         make_task(config_from_dict(bad), torch.device("cpu"))
+
+
+def test_a_video_decoder_replaces_a_model_folders_autoencoder_in_the_pipelines_and_the_cli(tmp_path, capsys):
+    """The embedded T2V default decodes with a video decoder built on its own autoencoder (identity at init: the same
+    video); an autoencoder of another latent space is refused in one line."""
+    from vidiff.cli import main
+    from vidiff.cli_common import EMBEDDED_MODELS
+    from vidiff.pipelines.base import PipelineError
+    from vidiff.pipelines.text_to_video import TextToVideoPipeline
+
+    model = EMBEDDED_MODELS / "shapes_t2v"
+    image = LDMAutoencoderKL.from_pretrained(model / "vae")
+    TemporalDecoderAutoencoderKL.from_image_autoencoder(image).save_pretrained(tmp_path / "video_vae")
+    kw = dict(num_inference_steps=2, num_frames=4, seed=0, progress=False, output_type="pt")
+    plain = TextToVideoPipeline.from_pretrained(model)("a red circle moving left", **kw).frames
+    swapped = TextToVideoPipeline.from_pretrained(model, vae=tmp_path / "video_vae")
+    assert type(swapped.vae).__name__ == "TemporalDecoderAutoencoderKL"
+    # the pipeline decodes one frame per call by default, the video decoder a clip per call: the convolutions' batch
+    # size changes their rounding (<1e-4 here, an eightieth of a grey level)
+    torch.testing.assert_close(swapped("a red circle moving left", **kw).frames, plain, atol=5e-4, rtol=0)
+
+    image_vae().save_pretrained(tmp_path / "other")  # another latent space (scaling factor 0.5)
+    with pytest.raises(PipelineError, match="does not share this model's latent space"):
+        TextToVideoPipeline.from_pretrained(model, vae=tmp_path / "other")
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "a red circle moving left", "--vae", str(tmp_path / "video_vae"), "--steps", "2",
+                 "--frames", "4", "-o", str(out)]) == 0 and out.is_file()
+    capsys.readouterr()
+    assert main(["generate", "a red circle", "--vae", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    assert "autoencoder folder not found" in capsys.readouterr().err

@@ -125,7 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     start = time.time()
     pipe = TextToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
-                                               lora=args.lora)
+                                               lora=args.lora, vae=args.vae)
     fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 1)
     frames = args.frames
     if frames is None and args.output.endswith(".png"):

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.time()
     pipe = ImageToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype),
-                                                device=args.device, lora=args.lora)
+                                                device=args.device, lora=args.lora, vae=args.vae)
     fps = args.fps if args.fps is not None else pipe.defaults["fps"]
     out = pipe(
         image,

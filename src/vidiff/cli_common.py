@@ -209,6 +209,9 @@ def add_sampling_args(p: argparse.ArgumentParser, default_output: str) -> None:
                         "1 as the official scripts (default: the model's)")
     add_sampler_args(p)
     add_lora_arg(p)
+    p.add_argument("--vae", metavar="FOLDER",
+                   help="decode with this autoencoder instead of the model's: one trained on the same latent space, "
+                        "e.g. a video decoder (vidiff train task video_decoder); an autoencoder or model folder")
     p.add_argument("--frames", type=positive_int, help="number of frames (default: the model's)")
     p.add_argument("--height", type=positive_int, help="height in pixels (default: the model's)")
     p.add_argument("--width", type=positive_int, help="width in pixels (default: the model's)")

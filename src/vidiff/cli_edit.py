@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.time()
     pipe = VideoToVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
-                                                lora=args.lora)
+                                                lora=args.lora, vae=args.vae)
     fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 1)
     out = pipe(
         args.video,

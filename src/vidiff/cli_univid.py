@@ -52,7 +52,7 @@ def run_unified(args: argparse.Namespace, model: str, prompt: str | None, image_
     image = open_image(image_path) if image_path is not None else None
     start = time.time()
     pipe = UnifiedVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
-                                                lora=getattr(args, "lora", None))
+                                                lora=getattr(args, "lora", None), vae=getattr(args, "vae", None))
     fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 4)
     out = pipe(prompt, image, text_scale=text_scale, image_scale=image_scale, guidance_scale=args.guidance,
                image_guidance_scale=getattr(args, "image_guidance", None), negative_prompt=args.negative_prompt,

@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch loads on first use: the training config imports this module, and `vidiff --help` must stay fast
+    import torch
 
 __all__ = ["DegradeConfig", "Degradation", "degrade_clip", "draw_degradation"]
 
@@ -60,11 +61,15 @@ class Degradation:
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    import torch
+
     return lo + (hi - lo) * float(torch.rand(1, generator=g))
 
 
 def draw_degradation(cfg: DegradeConfig, generator: torch.Generator) -> Degradation:
-    """Which degradations apply and how strongly (always four uniform draws, so the stream stays aligned)."""
+    """Which degradations apply and how strongly (always six uniform draws, so the stream stays aligned)."""
+    import torch
+
     u = torch.rand(3, generator=generator).tolist()
     blur = _uniform(generator, *cfg.blur_sigma)
     noise = _uniform(generator, *cfg.noise_std)
@@ -81,6 +86,8 @@ def _blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _jpeg(frame: torch.Tensor, quality: int) -> torch.Tensor:
+    import numpy as np
+    import torch
     from PIL import Image
 
     arr = ((frame.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
@@ -92,6 +99,8 @@ def _jpeg(frame: torch.Tensor, quality: int) -> torch.Tensor:
 
 def _apply(frames: torch.Tensor, d: Degradation, generator: torch.Generator) -> torch.Tensor:
     """``frames`` (t, 3, H, W) in [-1, 1] -> degraded, clamped to [-1, 1]."""
+    import torch
+
     x = frames.float()
     if d.blur_sigma is not None and d.blur_sigma > 0:
         x = _blur(x, d.blur_sigma)
@@ -107,6 +116,8 @@ def degrade_clip(video: torch.Tensor, cfg: DegradeConfig, generator: torch.Gener
     """A degraded copy of ``video`` (3, t, H, W) in [-1, 1]; ``video`` itself is left untouched."""
     if video.dim() != 4 or video.shape[0] != 3:
         raise ValueError(f"degrade_clip takes one clip (3, frames, height, width), got {tuple(video.shape)}")
+    import torch
+
     frames = video.detach().cpu().permute(1, 0, 2, 3)
     if cfg.per_frame:
         out = torch.cat([_apply(f[None], draw_degradation(cfg, generator), generator) for f in frames])

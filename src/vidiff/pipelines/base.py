@@ -47,6 +47,56 @@ def load_component(folder: Path, name: str, torch_dtype: torch.dtype | None, ind
     return _load_component(folder, name, torch_dtype, index, error=PipelineError)
 
 
+# Autoencoder classes a standalone vae folder may hold (its config.json's _class_name).
+_VAE_CLASSES = {"LDMAutoencoderKL": "vidiff.models.autoencoder:LDMAutoencoderKL",
+                "AutoencoderKL": "vidiff.models.autoencoder:LDMAutoencoderKL",
+                "TemporalDecoderAutoencoderKL": "vidiff.models.video_decoder:TemporalDecoderAutoencoderKL"}
+
+
+def _standalone_vae(path: Path) -> torch.nn.Module:
+    import importlib
+    import json
+
+    if (path / "model_index.json").is_file():  # a model folder: its autoencoder
+        return load_component(path, "vae", None)
+    try:
+        name = json.loads((path / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"--vae {path}: not an autoencoder folder (no readable config.json: {err})") from None
+    if name not in _VAE_CLASSES:
+        raise PipelineError(f"--vae {path} holds a {name!r}, not an autoencoder ({', '.join(_VAE_CLASSES)})")
+    module, _, cls = _VAE_CLASSES[name].partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls).from_pretrained(path).eval()
+    except (OSError, ValueError, KeyError) as err:
+        raise PipelineError(f"cannot load the autoencoder {path}: {err}") from None
+
+
+def load_vae(folder: Path, index: dict, vae: torch.nn.Module | str | os.PathLike | None) -> torch.nn.Module:
+    """The model folder's autoencoder, or ``vae`` instead (a module, an autoencoder folder, or a model folder whose
+    autoencoder to take), e.g. a video decoder trained on the same latent space. A replacement must share the folder's
+    latent space (channels, spatial factor, scaling factor): one trained for another is refused."""
+    if vae is None:
+        return load_component(folder, "vae", None, index)
+    if not isinstance(vae, torch.nn.Module):
+        path = Path(vae)
+        if not path.is_dir():
+            raise PipelineError(f"autoencoder folder not found: {path}")
+        vae = _standalone_vae(path)
+    own = load_component(folder, "vae", None, index).config
+    from ..models.autoencoder import latent_channels_of
+
+    theirs = vae.config
+    mismatch = [what for what, a, b in (
+        ("latent channels", latent_channels_of(vae), getattr(own, "embed_dim", None) or own.latent_channels),
+        ("spatial factor", spatial_factor_of(vae), 2 ** (len(own.block_out_channels) - 1)),
+        ("scaling factor", float(theirs.scaling_factor), float(own.scaling_factor))) if not math.isclose(a, b)]
+    if mismatch:
+        raise PipelineError(f"the autoencoder does not share this model's latent space ({', '.join(mismatch)} differ):"
+                            " it must be trained on the model's own autoencoder (e.g. vidiff train task video_decoder)")
+    return vae
+
+
 def as_prompt_list(prompt: str | list[str], what: str) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:

@@ -38,6 +38,7 @@ from .base import (
     _positive_int,
     as_prompt_list,
     load_component,
+    load_vae,
     read_model_index,
     seeded_generator,
 )
@@ -221,12 +222,13 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
     @classmethod
     def from_pretrained(
         cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-        lora=None,
+        lora=None, vae=None,
     ) -> ImageToVideoPipeline:
         """Load a model folder written by ``vidiff convert`` from an i2v checkpoint.
 
         ``torch_dtype`` applies to the U-Net and the encoders; the autoencoder stays in float32. ``lora``: LoRA files
-        to load onto the U-Net (a path, a (path, scale) pair, or a list of them).
+        to load onto the U-Net (a path, a (path, scale) pair, or a list of them); ``vae``: decode with another
+        autoencoder of the same latent space, e.g. a video decoder (:func:`~vidiff.pipelines.base.load_vae`).
         """
         folder = Path(folder)
         index = read_model_index(folder)
@@ -244,7 +246,7 @@ class ImageToVideoPipeline(VideoDiffusionPipeline):
             raise PipelineError(f"cannot load {folder}: {err}") from None
         pipe = cls(
             unet=load_component(folder, "unet", torch_dtype, index),
-            vae=load_component(folder, "vae", None, index),  # cheap and precision-sensitive: always float32
+            vae=load_vae(folder, index, vae),  # cheap and precision-sensitive: always float32
             text_encoder=load_component(folder, "text_encoder", torch_dtype, index),
             tokenizer=tokenizer,
             image_encoder=load_component(folder, "image_encoder", torch_dtype, index),

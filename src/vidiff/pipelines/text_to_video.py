@@ -22,6 +22,7 @@ from .base import (
     _positive_int,
     as_prompt_list,
     load_component,
+    load_vae,
     read_model_index,
     seeded_generator,
 )
@@ -52,17 +53,18 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
     @classmethod
     def from_pretrained(
         cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-        lora=None,
+        lora=None, vae=None,
     ) -> TextToVideoPipeline:
         """Load a model folder; ``torch_dtype`` applies to the U-Net and text encoder (the autoencoder stays fp32).
-        ``lora``: LoRA files to load onto it (a path, a (path, scale) pair, or a list of them)."""
+        ``lora``: LoRA files to load onto it (a path, a (path, scale) pair, or a list of them); ``vae``: decode with
+        another autoencoder of the same latent space, e.g. a video decoder (:func:`~vidiff.pipelines.base.load_vae`)."""
         folder = Path(folder)
         index = read_model_index(folder)
         if index.get("_class_name") not in (None, "TextToVideoPipeline"):
             raise PipelineError(f"{folder} holds a {index['_class_name']!r} model; use the matching pipeline (vidiff animate)")
         pipe = cls(
             unet=load_component(folder, "unet", torch_dtype, index),
-            vae=load_component(folder, "vae", None, index),
+            vae=load_vae(folder, index, vae),
             text_encoder=load_component(folder, "text_encoder", torch_dtype, index),
             tokenizer=OpenCLIPTokenizer.from_pretrained(folder / "tokenizer"),
             schedule=NoiseSchedule.from_pretrained(folder / "scheduler"),

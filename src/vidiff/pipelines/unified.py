@@ -23,6 +23,7 @@ from .base import (
     _positive_int,
     as_prompt_list,
     load_component,
+    load_vae,
     read_model_index,
     seeded_generator,
 )
@@ -76,7 +77,7 @@ class UnifiedVideoPipeline(VideoDiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None,
-                        device: str | torch.device = "cpu", lora=None) -> UnifiedVideoPipeline:
+                        device: str | torch.device = "cpu", lora=None, vae=None) -> UnifiedVideoPipeline:
         folder = Path(folder)
         index = read_model_index(folder)
         if index.get("_class_name") != "UnifiedVideoPipeline":
@@ -84,7 +85,7 @@ class UnifiedVideoPipeline(VideoDiffusionPipeline):
                                 "(UnifiedVideoPipeline)")
         pipe = cls(
             unet=load_component(folder, "unet", torch_dtype, index),
-            vae=load_component(folder, "vae", None, index),
+            vae=load_vae(folder, index, vae),
             text_encoder=load_component(folder, "text_encoder", torch_dtype, index),
             tokenizer=OpenCLIPTokenizer.from_pretrained(folder / "tokenizer"),
             image_encoder=load_component(folder, "image_encoder", torch_dtype, index),
