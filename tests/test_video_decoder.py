@@ -220,3 +220,24 @@ def test_a_video_decoder_replaces_a_model_folders_autoencoder_in_the_pipelines_a
     capsys.readouterr()
     assert main(["generate", "a red circle", "--vae", str(tmp_path / "missing"), "-o", str(out)]) == 2
     assert "autoencoder folder not found" in capsys.readouterr().err
+
+
+def test_decoder_comparison_scores_both_decoders_on_the_same_latents(tmp_path):
+    """V5's instrument: at init the video decoder scores as the image decoder; degraded inputs score worse than clean
+    ones; noise added to the latents shows up as temporal error; the command writes its table."""
+    from vidiff.cli_common import EMBEDDED_MODELS
+    from vidiff.eval.video_decoder_eval import compare_decoders, main, shapes_clips
+
+    image = LDMAutoencoderKL.from_pretrained(EMBEDDED_MODELS / "shapes_t2v" / "vae")
+    video = TemporalDecoderAutoencoderKL.from_image_autoencoder(image)
+    clips, captions, world = shapes_clips(2, seed=3, num_frames=8)
+    r = compare_decoders(image, video, clips, captions, world)
+    for condition in ("clean", "degraded", "noisy_latents"):
+        for key in ("psnr", "edge_ratio", "temporal_error"):
+            assert abs(r[condition]["image"][key] - r[condition]["video"][key]) < 1e-2, (condition, key)
+    assert r["clean"]["image"]["psnr"] > r["degraded"]["image"]["psnr"] > 15
+    assert r["noisy_latents"]["image"]["temporal_error"] > r["clean"]["image"]["temporal_error"]
+    video.save_pretrained(tmp_path / "video_vae")
+    assert main(["--video-vae", str(tmp_path / "video_vae"), "--image-vae", str(EMBEDDED_MODELS / "shapes_t2v"),
+                 "--clips", "2", "--threads", "1", "-o", str(tmp_path / "out")]) == 0
+    assert "| noisy_latents | video |" in (tmp_path / "out" / "video_decoder_eval.md").read_text()

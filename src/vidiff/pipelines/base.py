@@ -53,7 +53,8 @@ _VAE_CLASSES = {"LDMAutoencoderKL": "vidiff.models.autoencoder:LDMAutoencoderKL"
                 "TemporalDecoderAutoencoderKL": "vidiff.models.video_decoder:TemporalDecoderAutoencoderKL"}
 
 
-def _standalone_vae(path: Path) -> torch.nn.Module:
+def load_autoencoder(path: Path) -> torch.nn.Module:
+    """An autoencoder folder (by its config.json's class) or a model folder's ``vae/``."""
     import importlib
     import json
 
@@ -82,7 +83,7 @@ def load_vae(folder: Path, index: dict, vae: torch.nn.Module | str | os.PathLike
         path = Path(vae)
         if not path.is_dir():
             raise PipelineError(f"autoencoder folder not found: {path}")
-        vae = _standalone_vae(path)
+        vae = load_autoencoder(path)
     own = load_component(folder, "vae", None, index).config
     from ..models.autoencoder import latent_channels_of
 
