@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import __version__, cli_animate, cli_edit, cli_eval, cli_lora, cli_serve, cli_train, cli_univid
+from . import __version__, cli_animate, cli_edit, cli_eval, cli_lora, cli_serve, cli_train, cli_univid, cli_videogen
 from .cli_common import (
     DTYPES,
     ArgumentParser,
@@ -59,6 +59,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", dest="image_prompt", metavar="IMG",
                    help="UniVid models: an image prompt too (text+image-to-video)")
     cli_univid.add_stream_args(p)
+    cli_videogen.add_generate_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,11 +112,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, "t2i" if args.output.endswith(".png") else "t2v")
     index = check_model_folder(model)
     cli_univid.check_not_unified_args(args, index)
+    cli_videogen.check_not_reference_args(args, index)
     check_runtime_args(args)
     if cli_univid.is_unified(index):
         if args.image_prompt is not None:
             cli_animate._check_image_path(args.image_prompt)
         return cli_univid.run_unified(args, model, args.prompt, args.image_prompt, "generated")
+    if cli_videogen.is_reference(index):
+        return cli_videogen.run_reference(args, model)
     deep_cache = deep_cache_arg(args)
     if args.window is None and (args.window_stride is not None or args.no_noise_rescheduling):
         raise ValueError("--window-stride and --no-noise-rescheduling need --window N")

@@ -54,3 +54,13 @@ class UNetLevel:
     def depth(self) -> float:
         """0 at full resolution, 1 at the coarsest level (the middle block)."""
         return self.index / max(self.num_levels - 1, 1)
+
+
+def first_frame_concat(reference: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """VideoGen's reference input (§3.2): the reference latent (b, c, h, w) on frame 0 of a (b, c, t, h, w) tensor of
+    zeros, concatenated to the noisy latent on channels (not DynamiCrafter's copy to every frame)."""
+    if reference.dim() != 4:
+        raise ValueError(f"the reference latent must be (batch, channels, height, width), got {tuple(reference.shape)}")
+    out = reference.new_zeros(reference.shape[0], reference.shape[1], num_frames, *reference.shape[2:])
+    out[:, :, 0] = reference
+    return out

@@ -24,12 +24,14 @@ class VideoPipelineOutput:
     """``frames``: uint8 (b, t, H, W, 3) for "np"; float (b, 3, t, H, W) in [-1, 1] for "pt"; latents for "latent".
 
     ``seam_psnr`` (b, seams), for an autoregressively extended video only: PSNR in dB between each clip's regenerated
-    first frame and the frame it was conditioned on (the previous clip's last).
+    first frame and the frame it was conditioned on (the previous clip's last). ``reference`` (b, 3, H, W): the
+    reference images of a reference-guided model, when asked for.
     """
 
     frames: torch.Tensor
     latents: torch.Tensor
     seam_psnr: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
 
 
 class PipelineError(ValueError):

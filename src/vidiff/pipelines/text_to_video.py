@@ -36,6 +36,8 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
     """Prompt → video: OpenCLIP text encoding, sampling of the 3D U-Net with CFG (DDIM or any registered sampler),
     per-frame decoding."""
 
+    CLASS_NAME = "TextToVideoPipeline"
+
     def __init__(
         self,
         unet: torch.nn.Module,
@@ -60,7 +62,7 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         another autoencoder of the same latent space, e.g. a video decoder (:func:`~vidiff.pipelines.base.load_vae`)."""
         folder = Path(folder)
         index = read_model_index(folder)
-        if index.get("_class_name") not in (None, "TextToVideoPipeline"):
+        if index.get("_class_name") not in (None, cls.CLASS_NAME):
             raise PipelineError(f"{folder} holds a {index['_class_name']!r} model; use the matching pipeline (vidiff animate)")
         pipe = cls(
             unet=load_component(folder, "unet", torch_dtype, index),
@@ -101,8 +103,13 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         decode_chunk_size: int = 1,
         progress: bool = True,
         callback: Callable | None = None,
+        concat: torch.Tensor | None = None,
     ) -> VideoPipelineOutput:
         """Generate one video per prompt. Unset arguments take the model folder's defaults (the official scripts').
+
+        ``concat`` (b, c', t, h, w): latents concatenated to the noisy latent on channels at every step, in both
+        guidance branches, for U-Nets that take ``c + c'`` input channels (VideoGen's reference on frame 0:
+        :class:`~vidiff.pipelines.reference.ReferenceVideoPipeline`).
 
         ``deep_cache`` (interval, or (interval, depth)) reuses the U-Net's deep features between steps (DeepCache;
         None: off, exact); ``attention_broadcast`` (True, or an :class:`AttentionBroadcast`) reuses attention outputs
@@ -147,6 +154,21 @@ class TextToVideoPipeline(VideoDiffusionPipeline):
         fps_tensor = torch.full((b,), int(fps), dtype=torch.long, device=self.device)
         cond = {"text_context": context, "fps": fps_tensor}
         uncond = {"text_context": uncond_context, "fps": fps_tensor} if uncond_context is not None else None
+        if concat is not None:
+            if windowed:
+                raise PipelineError("window generation does not take a concatenated condition")
+            if concat.dim() != 5 or concat.shape[0] != b or tuple(concat.shape[2:]) != tuple(x_T.shape[2:]):
+                raise PipelineError(f"concat must be (batch, channels, frames, h, w) matching the latents "
+                                    f"{tuple(x_T.shape)}, got {tuple(concat.shape)}")
+            cond["concat"] = concat.to(self.device, dtype)
+            if uncond is not None:
+                uncond["concat"] = cond["concat"]
+        want = self.unet.config.in_channels - x_T.shape[1]
+        got = 0 if concat is None else concat.shape[1]
+        if want != got:
+            raise PipelineError(f"this U-Net takes {self.unet.config.in_channels} input channels: "
+                                + (f"give a {want}-channel concat" if concat is None else
+                                   f"the latent has {x_T.shape[1]} and concat {got}"))
 
         extra = self.feature_reuse_kwargs(deep_cache, attention_broadcast)
 

@@ -48,7 +48,7 @@ __all__ = [
     "load_config",
 ]
 
-TASKS = ("t2i", "t2v", "i2v", "univid", "autoencoder", "video_decoder")
+TASKS = ("t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RECON_LOSSES = ("l1", "l2", "l1+l2")
@@ -140,7 +140,8 @@ class ModelConfig:
     whole clips (b, 3, t, H, W) to encode/decode, for autoencoders with temporal layers. ``video_decoder`` (task
     video_decoder): the temporal options of :class:`~vidiff.models.video_decoder.TemporalDecoderAutoencoderKL`
     (``temporal_kernel_size``, ``temporal_attention_head_dim``, ``temporal_length``, ``decode_chunk_frames``) for an
-    image autoencoder made temporal.
+    image autoencoder made temporal. ``reference_model`` (task ref_t2v): the text-to-image model folder (or embedded
+    model name) that draws references at inference, recorded in the export's index.
     """
 
     init_from: str | None = None
@@ -156,6 +157,7 @@ class ModelConfig:
     cond_frame: Literal["first", "random"] = "first"
     autoencoder_input: Literal["frames", "video"] = "frames"
     video_decoder: dict = field(default_factory=dict)
+    reference_model: str | None = None
     defaults: dict = field(default_factory=dict)
 
 
@@ -314,7 +316,7 @@ class DistributedConfig:
 
 @dataclass
 class RunConfig:
-    task: Literal["t2i", "t2v", "i2v", "univid", "autoencoder", "video_decoder"] = "t2v"
+    task: Literal["t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder"] = "t2v"
     output_dir: str = "outputs/run"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -534,6 +536,8 @@ def _validate(c: RunConfig) -> None:
         given = [n for n, v in (("data.degrade", d.degrade), ("model.video_decoder", c.model.video_decoder)) if v]
         if given:
             raise ConfigError(f"{', '.join(given)} configure task video_decoder, not {c.task}")
+    if c.task != "ref_t2v" and c.model.reference_model is not None:
+        raise ConfigError(f"model.reference_model configures task ref_t2v, not {c.task}")
     for path, value, zero_ok in (
         ("train.max_steps", t.max_steps, False),
         ("train.grad_accum_steps", t.grad_accum_steps, False),
@@ -581,8 +585,9 @@ def _validate(c: RunConfig) -> None:
             raise ConfigError(f"train.cond_dropout.{k} must be a probability in [0, 1], got {p!r}")
     if sum(probs.values()) > 1.0 + 1e-9:
         raise ConfigError(f"train.cond_dropout probabilities add up to {sum(probs.values())} > 1")
-    if c.task != "i2v" and (probs["image"] or probs["both"]):
-        raise ConfigError("train.cond_dropout.image/both need an image-conditioned model (task: i2v)")
+    if c.task not in ("i2v", "ref_t2v") and (probs["image"] or probs["both"]):
+        raise ConfigError("train.cond_dropout.image/both need an image-conditioned model (task: i2v, or ref_t2v "
+                          "for the reference)")
     _check_timestep_sampling(t.timestep_sampling)
     _check_task_mix(t.task_mix)
     if t.lora is not None:
@@ -623,6 +628,7 @@ def _validate(c: RunConfig) -> None:
         "t2v": ("unet", "vae", "text_encoder"),
         "i2v": ("unet", "vae", "text_encoder", "image_encoder", "image_projector"),
         "univid": ("unet", "vae", "text_encoder", "image_encoder"),
+        "ref_t2v": ("unet", "vae", "text_encoder"),
     }[c.task]
     if m.init_from is None:
         for name in needed:

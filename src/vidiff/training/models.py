@@ -141,11 +141,12 @@ def build_video_components(cfg: ModelConfig, task: str = "t2v") -> VideoComponen
 
     latent = latent_channels_of(vae)
     uc = unet.config
-    want_in = 2 * latent if task == "i2v" and cfg.i2v_flavour == "dc" else latent
+    want_in = 2 * latent if (task == "i2v" and cfg.i2v_flavour == "dc") or task == "ref_t2v" else latent
     if uc.out_channels != latent or uc.in_channels != want_in:
         raise ConfigError(
             f"the U-Net maps {uc.in_channels} -> {uc.out_channels} channels but the autoencoder's latent has {latent}: "
-            f"a {task} U-Net{' (DynamiCrafter flavour)' if want_in != latent else ''} needs in_channels = {want_in} "
+            f"a {task} U-Net{' (its condition concatenated on channels)' if want_in != latent else ''} needs "
+            f"in_channels = {want_in} "
             f"and out_channels = {latent}"
         )
     width = text_encoder.config["width"] if isinstance(text_encoder.config, dict) else None

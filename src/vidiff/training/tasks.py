@@ -33,7 +33,7 @@ from vidiff.training.losses import (
 from vidiff.training.models import DenoiserBundle, build_component, build_video_components
 
 __all__ = ["AutoencoderBundle", "AutoencoderTask", "ImageToVideoTask", "TextToImageTask", "TextToVideoTask",
-           "UnifiedVideoTask", "VideoDecoderTask", "make_task"]
+           "ReferenceVideoTask", "UnifiedVideoTask", "VideoDecoderTask", "make_task"]
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -214,7 +214,7 @@ class TextToVideoTask:
             latents = torch.stack([it["latents"] for it in items]).float()
         key = self.cfg.model.conditioning
         cond = torch.tensor([float(it.get(key, 0.0)) for it in items])
-        images = video[:, :, 0] if self.kind in ("i2v", "univid") and video is not None else None
+        images = video[:, :, 0] if self.kind in ("i2v", "univid", "ref_t2v") and video is not None else None
         return BindingBatch(latents, captions, attrs, cond, images)
 
     def _probe_kwargs(self, captions: list[str], images: torch.Tensor | None, latents: torch.Tensor) -> dict:
@@ -562,6 +562,65 @@ class UnifiedVideoTask(TextToVideoTask):
                 "task_mix": dict(self.cfg.train.task_mix), "mode_counts": dict(self.mode_counts)}
 
 
+class ReferenceVideoTask(TextToVideoTask):
+    """VideoGen's reference-guided base stage (§3.2, §3.5): the U-Net reads ``[z_t ‖ r]`` with r the reference latent
+    on frame 0 and zeros on the other frames; in training the reference is the clip's own first frame (its latent),
+    dropped to zeros with ``cond_dropout.image`` (a model that also runs without a reference, design doc reading 4).
+    Initialised from a text-to-video folder, the U-Net grows 4 zero input channels, so step 0 is that model."""
+
+    kind = "ref_t2v"
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        from vidiff.models.conditions import first_frame_concat
+
+        latents, draws = self._latents(batch, gens)
+        drop_text, drop_ref = dropout_masks(draws.uniform, self.cfg.train.cond_dropout)
+        kwargs = self._text_kwargs(batch, drop_text)
+        kwargs["fps"] = self._conditioning(batch[self.cfg.model.conditioning])
+        keep = (~drop_ref).to(latents.device, latents.dtype)[:, None, None, None]
+        kwargs["c_concat"] = first_frame_concat(latents[:, :, 0] * keep, latents.shape[2])
+        return diffusion_loss(model, self.schedule, latents, draws, self._weight(batch), **kwargs)
+
+    def _probe_kwargs(self, captions: list[str], images: torch.Tensor | None, latents: torch.Tensor) -> dict:
+        """True/swapped captions with the held-out clips' first frames as references (posterior means), so the
+        probe's image swap swaps the reference."""
+        from vidiff.models.autoencoder import encode_video
+        from vidiff.models.conditions import first_frame_concat
+
+        kwargs = super()._probe_kwargs(captions, images, latents)
+        with torch.no_grad():
+            ref = encode_video(self.vae, images[:, :, None].to(self.device), sample=False)[:, :, 0].float()
+        kwargs["c_concat"] = first_frame_concat(ref, latents.shape[2])
+        return kwargs
+
+    def _pipeline(self):
+        from vidiff.pipelines.reference import ReferenceVideoPipeline
+
+        return ReferenceVideoPipeline(self.unet, self.vae, self.text_encoder, self.tokenizer, self.schedule,
+                                      self.sampling_defaults())
+
+    def _generate(self, pipe: Any, d: dict[str, Any]) -> tuple[torch.Tensor, list[str], list]:
+        """Rows: a training clip, then the model's video from its caption with its first frame as the reference."""
+        from vidiff.utils.video import batch_to_uint8_frames
+
+        if self.preview_batch is None:
+            raise ConfigError("no training clip seen yet to take the preview references from")
+        s, src = self.cfg.sample, self.preview_batch
+        out = pipe(list(src["caption"]), src["video"][:, :, 0], num_frames=int(d["num_frames"]),
+                   height=int(d["height"]), width=int(d["width"]), num_inference_steps=s.steps,
+                   guidance_scale=s.guidance_scale, fps=int(d["fps"]), eta=s.eta, seed=s.seed, output_type="np",
+                   progress=False)
+        rows = [r for pair in zip(batch_to_uint8_frames(src["video"]), out.frames) for r in pair]
+        return out.frames, list(src["caption"]), rows
+
+    def _index(self, step: int) -> dict[str, Any]:
+        index = {"_class_name": "ReferenceVideoPipeline", "family": "vidiff_trained_ref_t2v",
+                 "flavour": "dc" if self.schedule.data_scale == "dc" else "vc", "reference": "first_frame_concat"}
+        if self.cfg.model.reference_model is not None:
+            index["reference_model"] = self.cfg.model.reference_model
+        return index
+
+
 def _rebuilt(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str) -> nn.Module:
     """A fresh, unsharded copy of ``module``'s class holding the ``prefix`` part of a gathered state dict."""
     sub = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -836,5 +895,5 @@ class VideoDecoderTask(AutoencoderTask):
 
 def make_task(cfg: RunConfig, device: torch.device) -> TextToVideoTask | AutoencoderTask:
     tasks = {"t2i": TextToImageTask, "t2v": TextToVideoTask, "i2v": ImageToVideoTask, "univid": UnifiedVideoTask,
-             "autoencoder": AutoencoderTask, "video_decoder": VideoDecoderTask}
+             "ref_t2v": ReferenceVideoTask, "autoencoder": AutoencoderTask, "video_decoder": VideoDecoderTask}
     return tasks[cfg.task](cfg, device)

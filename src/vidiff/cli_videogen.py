@@ -1,0 +1,61 @@
+"""``vidiff generate`` with a VideoGen reference-guided model folder: the reference image is ``--reference IMG`` or
+drawn by the folder's text-to-image model from the prompt (and written beside the video)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .cli_common import probe_verdict, torch_dtype, write_outputs
+
+REFERENCE_CLASS = "ReferenceVideoPipeline"
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", metavar="IMG",
+                   help="VideoGen reference-guided models: the reference image (default: drawn by the model's "
+                        "text-to-image reference model from the prompt)")
+
+
+def is_reference(index: dict) -> bool:
+    return index.get("_class_name") == REFERENCE_CLASS
+
+
+def check_not_reference_args(args: argparse.Namespace, index: dict) -> None:
+    """--reference belongs to reference-guided models: elsewhere it is an error, not ignored."""
+    if getattr(args, "reference", None) is not None and not is_reference(index):
+        raise ValueError(f"--reference only works with a VideoGen reference-guided model folder ({REFERENCE_CLASS}); "
+                         f"this one is a {index.get('_class_name')!r}")
+
+
+def run_reference(args: argparse.Namespace, model: str) -> int:
+    """Generate with :class:`~vidiff.pipelines.reference.ReferenceVideoPipeline` and write the outputs."""
+    unsupported = [f for f, on in (("--window", args.window is not None), ("--image", args.image_prompt is not None),
+                                   ("--text-scale", args.text_scale is not None),
+                                   ("--image-scale", args.image_scale is not None)) if on]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)} not supported with a reference-guided model")
+    from .pipelines.image_io import open_image
+    from .pipelines.reference import ReferenceVideoPipeline
+
+    image = open_image(args.reference) if args.reference is not None else None  # a bad file fails before the load
+    start = time.time()
+    pipe = ReferenceVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
+                                                  lora=args.lora, vae=args.vae)
+    fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 4)
+    out = pipe(args.prompt, image, negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
+               width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
+               guidance_rescale=args.guidance_rescale, fps=fps, eta=args.eta, seed=args.seed, sampler=args.sampler,
+               timestep_spacing=args.timestep_spacing, return_reference=True)
+    write_outputs(out.frames, args, fps, start, "generated")
+    if image is None:
+        from .utils.video import batch_to_uint8_frames, write_png
+
+        path = Path(args.output).with_name(Path(args.output).stem + "_reference.png")
+        write_png(batch_to_uint8_frames(out.reference[:, :, None])[0], str(path))
+        print(f"reference drawn by the reference model: {path}")
+    verdict = probe_verdict(out.frames[0], args.prompt, model, fps)
+    if verdict:
+        print(verdict)
+    return 0

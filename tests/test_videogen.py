@@ -1,0 +1,129 @@
+"""VideoGen's reference-guided base stage (design doc A4): the reference reaches the U-Net on frame 0 only (exact zeros
+on the others) as the posterior mean of the reference image, in training and at inference; the reference controls the
+output; the text-to-image reference model draws it when none is given; the CLI refuses what does not fit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vidiff.models.conditions import first_frame_concat
+
+
+def test_first_frame_concat_puts_the_reference_on_frame_zero_only():
+    ref = torch.randn(2, 4, 8, 8)
+    out = first_frame_concat(ref, 5)
+    assert out.shape == (2, 4, 5, 8, 8) and torch.equal(out[:, :, 0], ref)
+    assert not out[:, :, 1:].any()
+    with pytest.raises(ValueError, match="batch, channels, height, width"):
+        first_frame_concat(torch.randn(2, 4, 3, 8, 8), 3)
+
+
+def _ref_config(tmp_path, **sections):
+    from test_training import TINY_UNET, TINY_VAE, tiny_config
+
+    from vidiff.training.config import config_from_dict
+
+    unet = {**TINY_UNET, "in_channels": 8}
+    model = {"unet": {"config": unet}, "vae": {"config": dict(TINY_VAE)},
+             "text_encoder": {"config": {"context_length": 16, "width": 32, "layers": 1, "heads": 2,
+                                         "layer": "last"}, "trainable": True},
+             "reference_model": "shapes_t2i",
+             "defaults": {"num_frames": 4, "height": 32, "width": 32, "fps": 8}}
+    raw = tiny_config(tmp_path, task="ref_t2v", model=model,
+                      train={"max_steps": 2, "ema": False, "cond_dropout": {"text": 0.0, "image": 0.5}},
+                      export={"at_end": True}, **sections)
+    return raw, config_from_dict(copy.deepcopy(raw))
+
+
+def test_training_feeds_the_clips_first_frame_latent_on_frame_zero_and_drops_it_to_zeros(tmp_path):
+    from test_univid import _batch
+
+    from vidiff.training.losses import sample_generators
+    from vidiff.training.tasks import make_task
+
+    _, cfg = _ref_config(tmp_path)
+    task = make_task(cfg, torch.device("cpu"))
+    seen = {}
+    real = task.module.forward
+
+    def spy(x, t, **kwargs):
+        seen.update(kwargs, x=x)
+        return real(x, t, **kwargs)
+
+    task.module.forward = spy
+    gens = sample_generators(0, 0, 0, list(range(8)))
+    loss, _ = task.loss(task.module, _batch(8), gens)
+    assert torch.isfinite(loss)
+    concat = seen["c_concat"]
+    assert concat.shape[1] == 4 and not concat[:, :, 1:].any()  # reference on frame 0 only
+    kept = concat[:, :, 0].flatten(1).abs().sum(1) > 0
+    assert 0 < int(kept.sum()) < 8  # cond_dropout.image 0.5: some rows keep it, some are zeros
+    assert "clip_images" not in seen and "clip_tokens" not in seen  # no CLIP path: the latent only
+
+
+def test_reference_model_trains_exports_and_generates_from_a_given_or_drawn_reference(tmp_path, capsys):
+    from PIL import Image
+    from test_training import run_config
+
+    from vidiff.cli import main
+    from vidiff.pipelines.base import PipelineError
+    from vidiff.pipelines.image_io import resize_short_side_center_crop
+    from vidiff.pipelines.reference import ReferenceVideoPipeline
+
+    raw, _ = _ref_config(tmp_path / "run")
+    result = run_config(raw)
+    pipe = ReferenceVideoPipeline.from_pretrained(result.model_dir)
+    assert pipe.reference_pipeline is not None  # the embedded shapes_t2i, from the index's reference_model
+
+    with torch.no_grad():  # make the reference channels matter (a 2-step model barely uses them)
+        conv = pipe.unet.input_blocks[0][0]
+        conv.weight[:, 4:].normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    seen = []
+    real = pipe.unet.forward
+
+    def spy(x, t, *args, **kwargs):
+        seen.append(kwargs["concat"].clone())
+        return real(x, t, *args, **kwargs)
+
+    pipe.unet.forward = spy
+    red = Image.new("RGB", (32, 32), (220, 30, 30))
+    blue = Image.new("RGB", (32, 32), (30, 30, 220))
+    kw = dict(num_inference_steps=2, seed=0, progress=False, output_type="pt")
+    a = pipe("a red circle moving left", red, **kw).frames
+    expected = pipe.reference_latents(resize_short_side_center_crop(red, 32, 32))
+    assert all(not c[:, :, 1:].any() for c in seen) and len(seen) >= 2
+    for branch in seen[0].split(1):  # the guided and the unguided branch both keep the reference
+        torch.testing.assert_close(branch[:, :, 0], expected, atol=1e-5, rtol=0)  # E(ref), posterior mean
+    b = pipe("a red circle moving left", blue, **kw).frames
+    assert (a - b).abs().max() > 1e-3  # the reference controls the output
+    drawn = pipe("a red circle moving left", return_reference=True, **kw)
+    assert drawn.reference.shape == (1, 3, 32, 32) and drawn.frames.shape == (1, 3, 4, 32, 32)
+
+    from vidiff.pipelines.text_to_video import TextToVideoPipeline
+
+    with pytest.raises(PipelineError, match="takes 8 input channels: give a 4-channel concat"):
+        TextToVideoPipeline.__call__(pipe, "a red circle", **kw)
+    pipe.reference_pipeline = None
+    with pytest.raises(PipelineError, match="no reference image given"):
+        pipe("a red circle", **kw)
+    with pytest.raises(PipelineError, match="2 reference images for 1 prompts"):
+        pipe("a red circle", [red, blue], **kw)
+
+    img = tmp_path / "ref.png"
+    red.save(img)
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "a red circle moving left", "--model", str(result.model_dir), "--reference", str(img),
+                 "--steps", "2", "-o", str(out)]) == 0 and out.is_file()
+    drawn_out = tmp_path / "drawn.mp4"
+    assert main(["generate", "a red circle moving left", "--model", str(result.model_dir), "--steps", "2",
+                 "-o", str(drawn_out)]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "drawn_reference.png").is_file() and "reference drawn by the reference model" in printed
+    assert main(["generate", "a red circle", "--reference", str(img), "-o", str(out)]) == 2
+    assert "--reference only works with a VideoGen reference-guided model" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--model", str(result.model_dir), "--image", str(img),
+                 "-o", str(out)]) == 2
+    capsys.readouterr()
