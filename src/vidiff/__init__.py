@@ -16,6 +16,8 @@ _PUBLIC = {
     "ImageToVideoPipeline": "vidiff.pipelines.image_to_video",
     "VideoToVideoPipeline": "vidiff.pipelines.video_to_video",
     "UnifiedVideoPipeline": "vidiff.pipelines.unified",
+    "ReferenceVideoPipeline": "vidiff.pipelines.reference",
+    "TemporalDecoderAutoencoderKL": "vidiff.models.video_decoder",
     "VideoPipelineOutput": "vidiff.pipelines.base",
     "PipelineError": "vidiff.pipelines.base",
     "UNet3DModel": "vidiff.models.unet3d",
