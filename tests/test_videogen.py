@@ -127,3 +127,84 @@ def test_reference_model_trains_exports_and_generates_from_a_given_or_drawn_refe
     assert main(["generate", "a red circle", "--model", str(result.model_dir), "--image", str(img),
                  "-o", str(out)]) == 2
     capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------------------------ the cascade
+
+
+def _stage(tmp_path, size: int, lowres: int | None):
+    from test_training import run_config
+
+    raw, _ = _ref_config(tmp_path)
+    if lowres is not None:
+        raw["model"]["unet"]["config"]["in_channels"] = 12
+        raw["model"]["lowres_factor"] = lowres
+    raw["model"]["defaults"] = {**raw["model"]["defaults"], "height": size, "width": size}
+    raw["data"]["videos"] = {**raw["data"]["videos"], "height": size, "width": size}
+    raw["model"].pop("reference_model")
+    raw["binding"] = {"every": 0}
+    return run_config(raw).model_dir
+
+
+def test_super_resolution_stage_follows_its_low_resolution_input_and_the_cascade_chains(tmp_path, capsys):
+    from PIL import Image
+
+    from vidiff.cli import main
+    from vidiff.models.conditions import upsample_latents
+    from vidiff.pipelines.base import PipelineError
+    from vidiff.pipelines.cascade import CascadedVideoPipeline, write_cascade_folder
+    from vidiff.pipelines.reference import ReferenceVideoPipeline
+
+    base, sr = _stage(tmp_path / "base", 32, None), _stage(tmp_path / "sr", 64, 2)
+    stage = ReferenceVideoPipeline.from_pretrained(sr)
+    assert stage.lowres_factor == 2
+    with torch.no_grad():  # a 2-step model barely reads its condition: make the low-resolution channels matter
+        stage.unet.input_blocks[0][0].weight[:, 8:].normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    seen = []
+    real = stage.unet.forward
+
+    def spy(x, t, *args, **kwargs):
+        seen.append(kwargs["concat"].clone())
+        return real(x, t, *args, **kwargs)
+
+    stage.unet.forward = spy
+    red = Image.new("RGB", (64, 64), (220, 30, 30))
+    kw = dict(num_inference_steps=2, seed=0, progress=False, output_type="latent")
+    low_a = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    low_b = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    a = stage("a red circle", red, lowres_latents=low_a, **kw).latents
+    torch.testing.assert_close(seen[0][:1, 4:], upsample_latents(low_a, 2), atol=0, rtol=0)  # channels 4..7
+    assert not seen[0][:, :4, 1:].any()  # the reference channels stay zero after frame 0
+    b = stage("a red circle", red, lowres_latents=low_b, **kw).latents
+    assert (a - b).abs().max() > 1e-3  # the stage follows its condition
+    with pytest.raises(PipelineError, match="needs lowres_latents"):
+        stage("a red circle", red, **kw)
+    with pytest.raises(PipelineError, match="lowres_latents must have shape"):
+        stage("a red circle", red, lowres_latents=torch.randn(1, 4, 4, 4, 4), **kw)
+
+    folder = write_cascade_folder(tmp_path / "cascade", [base, sr], reference_model="shapes_t2i")
+    cascade = CascadedVideoPipeline.from_pretrained(folder)
+    out = cascade("a red circle moving left", num_inference_steps=2, seed=0, progress=False, output_type="pt",
+                  return_intermediates=True)
+    assert [tuple(z.shape) for z in out.intermediates] == [(1, 4, 4, 8, 8), (1, 4, 4, 16, 16)]
+    assert out.frames.shape == (1, 3, 4, 64, 64) and out.reference.shape == (1, 3, 64, 64)
+    only_base = cascade("a red circle", red, stages=1, num_inference_steps=2, seed=0, progress=False,
+                        output_type="pt")
+    assert only_base.frames.shape == (1, 3, 4, 32, 32)
+    with pytest.raises(PipelineError, match="stage 1 is not a super-resolution stage"):
+        write_cascade_folder(tmp_path / "bad", [base, base])
+    assert not (tmp_path / "bad").exists()  # nothing half-written
+    wide = ReferenceVideoPipeline.from_pretrained(sr)
+    wide.defaults["height"] = 96
+    with pytest.raises(PipelineError, match="sizes do not chain"):
+        CascadedVideoPipeline([ReferenceVideoPipeline.from_pretrained(base), wide])
+
+    video = tmp_path / "cascade.mp4"
+    assert main(["generate", "a red circle moving left", "--model", str(folder), "--steps", "2", "-o",
+                 str(video)]) == 0
+    assert video.is_file() and (tmp_path / "cascade_reference.png").is_file()
+    capsys.readouterr()
+    assert main(["generate", "a red circle", "--model", str(folder), "--stages", "3", "-o", str(video)]) == 2
+    assert "--stages must be in [1, 2]" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--model", str(base), "--stages", "1", "-o", str(video)]) == 2
+    assert "--stages only works with a VideoGen cascade" in capsys.readouterr().err

@@ -17,6 +17,7 @@ _PUBLIC = {
     "VideoToVideoPipeline": "vidiff.pipelines.video_to_video",
     "UnifiedVideoPipeline": "vidiff.pipelines.unified",
     "ReferenceVideoPipeline": "vidiff.pipelines.reference",
+    "CascadedVideoPipeline": "vidiff.pipelines.cascade",
     "TemporalDecoderAutoencoderKL": "vidiff.models.video_decoder",
     "VideoPipelineOutput": "vidiff.pipelines.base",
     "PipelineError": "vidiff.pipelines.base",

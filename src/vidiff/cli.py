@@ -119,7 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             cli_animate._check_image_path(args.image_prompt)
         return cli_univid.run_unified(args, model, args.prompt, args.image_prompt, "generated")
     if cli_videogen.is_reference(index):
-        return cli_videogen.run_reference(args, model)
+        return cli_videogen.run_reference(args, model, index)
     deep_cache = deep_cache_arg(args)
     if args.window is None and (args.window_stride is not None or args.no_noise_rescheduling):
         raise ValueError("--window-stride and --no-noise-rescheduling need --window N")

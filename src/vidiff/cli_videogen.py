@@ -10,27 +10,34 @@ from pathlib import Path
 from .cli_common import probe_verdict, torch_dtype, write_outputs
 
 REFERENCE_CLASS = "ReferenceVideoPipeline"
+CASCADE_CLASS = "CascadedVideoPipeline"
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", metavar="IMG",
                    help="VideoGen reference-guided models: the reference image (default: drawn by the model's "
                         "text-to-image reference model from the prompt)")
+    p.add_argument("--stages", type=int, metavar="N",
+                   help="VideoGen cascades: run the first N stages (default all; 1 = the base stage alone)")
 
 
 def is_reference(index: dict) -> bool:
-    return index.get("_class_name") == REFERENCE_CLASS
+    return index.get("_class_name") in (REFERENCE_CLASS, CASCADE_CLASS)
 
 
 def check_not_reference_args(args: argparse.Namespace, index: dict) -> None:
-    """--reference belongs to reference-guided models: elsewhere it is an error, not ignored."""
+    """--reference and --stages belong to VideoGen models: elsewhere they are an error, not ignored."""
     if getattr(args, "reference", None) is not None and not is_reference(index):
-        raise ValueError(f"--reference only works with a VideoGen reference-guided model folder ({REFERENCE_CLASS}); "
-                         f"this one is a {index.get('_class_name')!r}")
+        raise ValueError(f"--reference only works with a VideoGen reference-guided model folder ({REFERENCE_CLASS} or "
+                         f"{CASCADE_CLASS}); this one is a {index.get('_class_name')!r}")
+    if getattr(args, "stages", None) is not None and index.get("_class_name") != CASCADE_CLASS:
+        raise ValueError(f"--stages only works with a VideoGen cascade folder ({CASCADE_CLASS}); this one is a "
+                         f"{index.get('_class_name')!r}")
 
 
-def run_reference(args: argparse.Namespace, model: str) -> int:
-    """Generate with :class:`~vidiff.pipelines.reference.ReferenceVideoPipeline` and write the outputs."""
+def run_reference(args: argparse.Namespace, model: str, index: dict) -> int:
+    """Generate with :class:`~vidiff.pipelines.reference.ReferenceVideoPipeline` (or a cascade of them) and write the
+    outputs."""
     unsupported = [f for f, on in (("--window", args.window is not None), ("--image", args.image_prompt is not None),
                                    ("--text-scale", args.text_scale is not None),
                                    ("--image-scale", args.image_scale is not None)) if on]
@@ -41,13 +48,28 @@ def run_reference(args: argparse.Namespace, model: str) -> int:
 
     image = open_image(args.reference) if args.reference is not None else None  # a bad file fails before the load
     start = time.time()
-    pipe = ReferenceVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
-                                                  lora=args.lora, vae=args.vae)
-    fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 4)
-    out = pipe(args.prompt, image, negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
-               width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
-               guidance_rescale=args.guidance_rescale, fps=fps, eta=args.eta, seed=args.seed, sampler=args.sampler,
-               timestep_spacing=args.timestep_spacing, return_reference=True)
+    common = dict(negative_prompt=args.negative_prompt, num_frames=args.frames, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale, eta=args.eta, seed=args.seed,
+                  sampler=args.sampler, timestep_spacing=args.timestep_spacing)
+    if index.get("_class_name") == CASCADE_CLASS:
+        cascade_only = [f for f, on in (("--lora", bool(args.lora)), ("--vae", args.vae is not None),
+                                        ("--height", args.height is not None), ("--width", args.width is not None))
+                        if on]
+        if cascade_only:
+            raise ValueError(f"{', '.join(cascade_only)} not supported with a cascade (each stage has its own size)")
+        from .pipelines.cascade import CascadedVideoPipeline
+
+        pipe = CascadedVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device)
+        if args.stages is not None and not 1 <= args.stages <= len(pipe.stages):
+            raise ValueError(f"--stages must be in [1, {len(pipe.stages)}] for this cascade, got {args.stages}")
+        last = pipe.stages[(args.stages or len(pipe.stages)) - 1]
+        fps = args.fps if args.fps is not None else last.defaults.get("fps", 4)
+        out = pipe(args.prompt, image, stages=args.stages, fps=fps, **common)
+    else:
+        pipe = ReferenceVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
+                                                      lora=args.lora, vae=args.vae)
+        fps = args.fps if args.fps is not None else pipe.defaults.get("fps", 4)
+        out = pipe(args.prompt, image, height=args.height, width=args.width, fps=fps, return_reference=True, **common)
     write_outputs(out.frames, args, fps, start, "generated")
     if image is None:
         from .utils.video import batch_to_uint8_frames, write_png

@@ -64,3 +64,16 @@ def first_frame_concat(reference: torch.Tensor, num_frames: int) -> torch.Tensor
     out = reference.new_zeros(reference.shape[0], reference.shape[1], num_frames, *reference.shape[2:])
     out[:, :, 0] = reference
     return out
+
+
+def upsample_latents(latents: torch.Tensor, factor: int) -> torch.Tensor:
+    """A lower cascade stage's latents (b, c, t, h, w) -> (b, c, t, h·factor, w·factor), bilinear per frame: the
+    low-resolution condition of a VideoGen super-resolution stage (§3.2)."""
+    import torch.nn.functional as F
+
+    if latents.dim() != 5:
+        raise ValueError(f"latents must be (batch, channels, frames, height, width), got {tuple(latents.shape)}")
+    b, c, t, h, w = latents.shape
+    frames = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+    up = F.interpolate(frames.float(), scale_factor=factor, mode="bilinear", align_corners=False)
+    return up.reshape(b, t, c, h * factor, w * factor).permute(0, 2, 1, 3, 4).to(latents.dtype)

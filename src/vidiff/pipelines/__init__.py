@@ -2,11 +2,12 @@
 unified text/image-to-video and VideoGen's reference-guided text-to-video."""
 
 from vidiff.pipelines.base import PipelineError, VideoPipelineOutput
+from vidiff.pipelines.cascade import CascadedVideoPipeline
 from vidiff.pipelines.image_to_video import ImageToVideoPipeline
 from vidiff.pipelines.reference import ReferenceVideoPipeline
 from vidiff.pipelines.text_to_video import TextToVideoPipeline
 from vidiff.pipelines.unified import UnifiedVideoPipeline
 from vidiff.pipelines.video_to_video import VideoToVideoPipeline
 
-__all__ = ["ImageToVideoPipeline", "PipelineError", "ReferenceVideoPipeline", "TextToVideoPipeline",
+__all__ = ["CascadedVideoPipeline", "ImageToVideoPipeline", "PipelineError", "ReferenceVideoPipeline", "TextToVideoPipeline",
            "UnifiedVideoPipeline", "VideoPipelineOutput", "VideoToVideoPipeline"]

@@ -25,13 +25,15 @@ class VideoPipelineOutput:
 
     ``seam_psnr`` (b, seams), for an autoregressively extended video only: PSNR in dB between each clip's regenerated
     first frame and the frame it was conditioned on (the previous clip's last). ``reference`` (b, 3, H, W): the
-    reference images of a reference-guided model, when asked for.
+    reference images of a reference-guided model, when asked for; ``intermediates``: a cascade's latents per stage,
+    when asked for.
     """
 
     frames: torch.Tensor
     latents: torch.Tensor
     seam_psnr: torch.Tensor | None = None
     reference: torch.Tensor | None = None
+    intermediates: list[torch.Tensor] | None = None
 
 
 class PipelineError(ValueError):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..models.autoencoder import encode_video
-from ..models.conditions import first_frame_concat
+from ..models.conditions import first_frame_concat, upsample_latents
 from .base import PipelineError, VideoPipelineOutput, as_prompt_list, read_model_index
 from .image_io import ImageInput, resize_short_side_center_crop
 from .text_to_video import TextToVideoPipeline
@@ -30,24 +30,41 @@ class ReferenceVideoPipeline(TextToVideoPipeline):
 
     CLASS_NAME = "ReferenceVideoPipeline"
 
-    def __init__(self, *args: Any, reference_pipeline: TextToVideoPipeline | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, reference_pipeline: TextToVideoPipeline | None = None,
+                 lowres_factor: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reference_pipeline = reference_pipeline
+        self.lowres_factor = lowres_factor  # a super-resolution stage: the stage below's latents, upsampled
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu", lora=None, vae=None,
-                        reference_model: str | os.PathLike | None = None) -> ReferenceVideoPipeline:
+                        reference_model: str | os.PathLike | None = None,
+                        load_reference_model: bool = True) -> ReferenceVideoPipeline:
         """A reference-guided model folder; ``reference_model`` (default: the folder's ``reference_model``, a path
-        relative to the folder, or the name of an embedded model) is the text-to-image model that draws references."""
+        relative to the folder, or the name of an embedded model) is the text-to-image model that draws references
+        (``load_reference_model=False``: none, references are given)."""
         pipe = super().from_pretrained(folder, torch_dtype, device, lora, vae)
-        source = reference_model if reference_model is not None else read_model_index(folder).get("reference_model")
-        if source is not None:
+        index = read_model_index(folder)
+        pipe.lowres_factor = index.get("lowres_factor")
+        source = reference_model if reference_model is not None else index.get("reference_model")
+        if source is not None and load_reference_model:
             path = _resolve_reference(Path(folder), str(source))
             pipe.reference_pipeline = TextToVideoPipeline.from_pretrained(path, torch_dtype, device)
             if pipe.reference_pipeline.defaults.get("num_frames") != 1:
                 raise PipelineError(f"the reference model {path} is not a text-to-image model (num_frames 1)")
         return pipe
+
+    def _lowres_condition(self, lowres: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
+        f = self.lowres_factor
+        if lowres is None:
+            raise PipelineError(f"this super-resolution stage needs lowres_latents: the stage below's latents at 1/{f} "
+                                "the size (CascadedVideoPipeline passes them)")
+        b, c, t, h, w = shape
+        want = (b, c, t, h // f, w // f)
+        if tuple(lowres.shape) != want:
+            raise PipelineError(f"lowres_latents must have shape {want}, got {tuple(lowres.shape)}")
+        return upsample_latents(lowres.to(self.device, torch.float32), f)
 
     @torch.no_grad()
     def reference_latents(self, images: torch.Tensor) -> torch.Tensor:
@@ -68,9 +85,10 @@ class ReferenceVideoPipeline(TextToVideoPipeline):
     def __call__(self, prompt: str | list[str], reference_image: ImageInput | Sequence[ImageInput] | torch.Tensor
                  | None = None, num_frames: int | None = None, height: int | None = None, width: int | None = None,
                  seed: int | None = None, reference_steps: int | None = None, return_reference: bool = False,
-                 **kwargs: Any) -> VideoPipelineOutput:
+                 lowres_latents: torch.Tensor | None = None, **kwargs: Any) -> VideoPipelineOutput:
         """``reference_image``: one image (or one per prompt); None draws it with the reference model (its own
-        default steps, or ``reference_steps``). Other arguments as :class:`TextToVideoPipeline`. With
+        default steps, or ``reference_steps``). ``lowres_latents`` (b, c, t, h/f, w/f): a super-resolution stage's
+        condition, the stage below's output latents. Other arguments as :class:`TextToVideoPipeline`. With
         ``return_reference`` the output's ``reference`` holds the (b, 3, H, W) references used."""
         prompts = as_prompt_list(prompt, "prompt")
         num_frames, height, width = (self.resolve(k, v) for k, v in
@@ -85,6 +103,10 @@ class ReferenceVideoPipeline(TextToVideoPipeline):
             if images.shape[0] != len(prompts):
                 raise PipelineError(f"{images.shape[0]} reference images for {len(prompts)} prompts")
         concat = first_frame_concat(self.reference_latents(images), num_frames)
+        concat = torch.cat([concat, self._lowres_condition(lowres_latents, concat.shape)], dim=1) \
+            if self.lowres_factor is not None else concat
+        if self.lowres_factor is None and lowres_latents is not None:
+            raise PipelineError("lowres_latents condition a super-resolution stage; this model is a base stage")
         out = super().__call__(prompts, num_frames=num_frames, height=height, width=width, seed=seed, concat=concat,
                                **kwargs)
         if return_reference:

@@ -141,7 +141,9 @@ class ModelConfig:
     video_decoder): the temporal options of :class:`~vidiff.models.video_decoder.TemporalDecoderAutoencoderKL`
     (``temporal_kernel_size``, ``temporal_attention_head_dim``, ``temporal_length``, ``decode_chunk_frames``) for an
     image autoencoder made temporal. ``reference_model`` (task ref_t2v): the text-to-image model folder (or embedded
-    model name) that draws references at inference, recorded in the export's index.
+    model name) that draws references at inference, recorded in the export's index; ``lowres_factor`` makes it a
+    super-resolution stage conditioned on the clip at 1/factor resolution (encoded, upsampled bilinearly in latent
+    space, plus ``lowres_noise`` · N(0, 1) noise augmentation), as a cascade stage's condition.
     """
 
     init_from: str | None = None
@@ -158,6 +160,8 @@ class ModelConfig:
     autoencoder_input: Literal["frames", "video"] = "frames"
     video_decoder: dict = field(default_factory=dict)
     reference_model: str | None = None
+    lowres_factor: int | None = None
+    lowres_noise: float = 0.0
     defaults: dict = field(default_factory=dict)
 
 
@@ -536,8 +540,12 @@ def _validate(c: RunConfig) -> None:
         given = [n for n, v in (("data.degrade", d.degrade), ("model.video_decoder", c.model.video_decoder)) if v]
         if given:
             raise ConfigError(f"{', '.join(given)} configure task video_decoder, not {c.task}")
-    if c.task != "ref_t2v" and c.model.reference_model is not None:
-        raise ConfigError(f"model.reference_model configures task ref_t2v, not {c.task}")
+    if c.task != "ref_t2v" and (c.model.reference_model is not None or c.model.lowres_factor is not None):
+        raise ConfigError(f"model.reference_model / lowres_factor configure task ref_t2v, not {c.task}")
+    if c.model.lowres_factor is not None and (c.model.lowres_factor < 2 or c.model.lowres_factor & (c.model.lowres_factor - 1)):
+        raise ConfigError(f"model.lowres_factor must be a power of two >= 2, got {c.model.lowres_factor}")
+    if not c.model.lowres_noise >= 0:
+        raise ConfigError(f"model.lowres_noise must be >= 0, got {c.model.lowres_noise}")
     for path, value, zero_ok in (
         ("train.max_steps", t.max_steps, False),
         ("train.grad_accum_steps", t.grad_accum_steps, False),

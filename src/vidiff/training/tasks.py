@@ -79,6 +79,7 @@ class TextToVideoTask:
         self.clip_shape: tuple[int, int, int] | None = None  # (frames, height, width) of the training videos
         self.clip_fps: int | None = None
         self.preview_batch: dict[str, Any] | None = None  # a few training clips (image-to-video previews)
+        self.binding_video: torch.Tensor | None = None  # the binding probe's clean clips, once it has run
 
     # ------------------------------------------------------------------ loss
     def _conditioning(self, value: torch.Tensor | list) -> torch.Tensor:
@@ -215,6 +216,7 @@ class TextToVideoTask:
         key = self.cfg.model.conditioning
         cond = torch.tensor([float(it.get(key, 0.0)) for it in items])
         images = video[:, :, 0] if self.kind in ("i2v", "univid", "ref_t2v") and video is not None else None
+        self.binding_video = video  # the probe's clean clips (a super-resolution stage derives its condition)
         return BindingBatch(latents, captions, attrs, cond, images)
 
     def _probe_kwargs(self, captions: list[str], images: torch.Tensor | None, latents: torch.Tensor) -> dict:
@@ -566,38 +568,74 @@ class ReferenceVideoTask(TextToVideoTask):
     """VideoGen's reference-guided base stage (§3.2, §3.5): the U-Net reads ``[z_t ‖ r]`` with r the reference latent
     on frame 0 and zeros on the other frames; in training the reference is the clip's own first frame (its latent),
     dropped to zeros with ``cond_dropout.image`` (a model that also runs without a reference, design doc reading 4).
-    Initialised from a text-to-video folder, the U-Net grows 4 zero input channels, so step 0 is that model."""
+    Initialised from a text-to-video folder, the U-Net grows 4 zero input channels, so step 0 is that model.
+
+    With ``model.lowres_factor`` it is a super-resolution stage of the cascade: 4 more channels carry the clip at
+    1/factor resolution (area-resized frames, encoded, posterior mean), upsampled bilinearly in latent space (what the
+    stage below produces at inference), plus ``model.lowres_noise`` · N(0, 1) (noise augmentation, default off)."""
 
     kind = "ref_t2v"
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+    def lowres_latents(self, video: torch.Tensor) -> torch.Tensor:
+        """The clip at 1/lowres_factor resolution, encoded (posterior mean): what the stage below generates."""
+        import torch.nn.functional as F
+
+        from vidiff.models.autoencoder import encode_video
+
+        f = self.cfg.model.lowres_factor
+        b, _, t, h, w = video.shape
+        frames = rearrange(video, "b c t h w -> (b t) c h w").float()
+        small = rearrange(F.interpolate(frames, size=(h // f, w // f), mode="area"), "(b t) c h w -> b c t h w", b=b)
+        with torch.no_grad():
+            return encode_video(self.vae, small.to(self.device), sample=False).float()
+
+    def _lowres(self, video: torch.Tensor, gens: list[torch.Generator] | None) -> torch.Tensor:
+        from vidiff.models.conditions import upsample_latents
+
+        low = upsample_latents(self.lowres_latents(video), self.cfg.model.lowres_factor)
+        sigma = self.cfg.model.lowres_noise
+        if sigma and gens is not None:
+            low = low + sigma * torch.stack([torch.randn(low.shape[1:], generator=g) for g in gens]).to(low)
+        return low
+
+    def _concat(self, reference: torch.Tensor, num_frames: int, video: torch.Tensor | None,
+                gens: list[torch.Generator] | None) -> torch.Tensor:
         from vidiff.models.conditions import first_frame_concat
 
+        concat = first_frame_concat(reference, num_frames)
+        if self.cfg.model.lowres_factor is None:
+            return concat
+        if video is None:
+            raise ConfigError("a super-resolution stage (model.lowres_factor) trains on pixel clips (data.videos of "
+                              "type shapes or csv), not on a latent cache")
+        return torch.cat([concat, self._lowres(video, gens).to(concat)], dim=1)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         latents, draws = self._latents(batch, gens)
         drop_text, drop_ref = dropout_masks(draws.uniform, self.cfg.train.cond_dropout)
         kwargs = self._text_kwargs(batch, drop_text)
         kwargs["fps"] = self._conditioning(batch[self.cfg.model.conditioning])
         keep = (~drop_ref).to(latents.device, latents.dtype)[:, None, None, None]
-        kwargs["c_concat"] = first_frame_concat(latents[:, :, 0] * keep, latents.shape[2])
+        kwargs["c_concat"] = self._concat(latents[:, :, 0] * keep, latents.shape[2], batch.get("video"), gens)
         return diffusion_loss(model, self.schedule, latents, draws, self._weight(batch), **kwargs)
+
 
     def _probe_kwargs(self, captions: list[str], images: torch.Tensor | None, latents: torch.Tensor) -> dict:
         """True/swapped captions with the held-out clips' first frames as references (posterior means), so the
         probe's image swap swaps the reference."""
         from vidiff.models.autoencoder import encode_video
-        from vidiff.models.conditions import first_frame_concat
 
         kwargs = super()._probe_kwargs(captions, images, latents)
         with torch.no_grad():
             ref = encode_video(self.vae, images[:, :, None].to(self.device), sample=False)[:, :, 0].float()
-        kwargs["c_concat"] = first_frame_concat(ref, latents.shape[2])
+        kwargs["c_concat"] = self._concat(ref, latents.shape[2], self.binding_video, None)  # the probe's own clips
         return kwargs
 
     def _pipeline(self):
         from vidiff.pipelines.reference import ReferenceVideoPipeline
 
         return ReferenceVideoPipeline(self.unet, self.vae, self.text_encoder, self.tokenizer, self.schedule,
-                                      self.sampling_defaults())
+                                      self.sampling_defaults(), lowres_factor=self.cfg.model.lowres_factor)
 
     def _generate(self, pipe: Any, d: dict[str, Any]) -> tuple[torch.Tensor, list[str], list]:
         """Rows: a training clip, then the model's video from its caption with its first frame as the reference."""
@@ -606,7 +644,8 @@ class ReferenceVideoTask(TextToVideoTask):
         if self.preview_batch is None:
             raise ConfigError("no training clip seen yet to take the preview references from")
         s, src = self.cfg.sample, self.preview_batch
-        out = pipe(list(src["caption"]), src["video"][:, :, 0], num_frames=int(d["num_frames"]),
+        low = self.lowres_latents(src["video"]) if self.cfg.model.lowres_factor is not None else None
+        out = pipe(list(src["caption"]), src["video"][:, :, 0], lowres_latents=low, num_frames=int(d["num_frames"]),
                    height=int(d["height"]), width=int(d["width"]), num_inference_steps=s.steps,
                    guidance_scale=s.guidance_scale, fps=int(d["fps"]), eta=s.eta, seed=s.seed, output_type="np",
                    progress=False)
@@ -618,6 +657,8 @@ class ReferenceVideoTask(TextToVideoTask):
                  "flavour": "dc" if self.schedule.data_scale == "dc" else "vc", "reference": "first_frame_concat"}
         if self.cfg.model.reference_model is not None:
             index["reference_model"] = self.cfg.model.reference_model
+        if self.cfg.model.lowres_factor is not None:
+            index["lowres_factor"] = self.cfg.model.lowres_factor
         return index
 
 
