@@ -1,0 +1,120 @@
+"""VideoGen's latent temporal super-resolution primitives (design doc A4): the warp direction and flow units, the
+blend mask against ghosts, the frequency fusion, keyframes kept exactly, lengths, and flow ≠ lerp on motion, = lerp
+on static content."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidiff.data.shapes import ShapesVideoDataset, ShapesWorldConfig
+from vidiff.data.shapes_flow import bilateral_flow
+from vidiff.models.latent_flow import (
+    LatentFlowNet,
+    backward_warp,
+    bilateral_merge,
+    fuse_frequencies,
+    interpolate_latents,
+    lerp,
+    lowpass,
+    pixel_flow_to_latent,
+    slerp,
+)
+
+
+def _clip(motion: str, seed: int = 1):
+    world = ShapesWorldConfig(height=64, width=64, num_frames=8, second_object_prob=0.0, seed=seed)
+    ds = ShapesVideoDataset(world, length=200)
+    for i in range(200):
+        item = ds[i]
+        if item["labels"]["motion"] == motion and item["labels"]["speed"] == "fast":
+            return item
+    raise AssertionError(f"no fast clip moving {motion}")
+
+
+def _blobs(mask: torch.Tensor) -> int:
+    """Connected components of a boolean (H, W) mask (4-neighbourhood)."""
+    seen = torch.zeros_like(mask)
+    count = 0
+    h, w = mask.shape
+    for y in range(h):
+        for x in range(w):
+            if mask[y, x] and not seen[y, x]:
+                count += 1
+                stack = [(y, x)]
+                seen[y, x] = True
+                while stack:
+                    cy, cx = stack.pop()
+                    for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                        if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                            seen[ny, nx] = True
+                            stack.append((ny, nx))
+    return count
+
+
+def test_oracle_flow_puts_the_object_at_the_midpoint_without_a_ghost_where_lerp_makes_two():
+    item = _clip("right")
+    video, masks, flow, centroids = item["video"], item["masks"], item["flow"], item["centroids"]
+    m = 3
+    to0, to1, weight = bilateral_flow(masks, flow, m)
+    k0, k1 = video[:, m - 1][None], video[:, m + 1][None]
+    mid = bilateral_merge(k0, k1, to0[None], to1[None], weight[None])[0]
+    background = video[:, 0, 0, 0]
+    differs = lambda x: (x - background[:, None, None]).abs().amax(0) > 0.3  # noqa: E731
+    assert _blobs(differs(mid)) == 1
+    ys, xs = torch.nonzero(differs(mid), as_tuple=True)
+    assert abs(float(xs.float().mean()) - float(centroids[m, 0])) < 1.0  # at the midpoint, not at 1.5 d
+    assert abs(float(ys.float().mean()) - float(centroids[m, 1])) < 1.0
+    area = float(differs(video[:, m]).sum())
+    assert abs(float(differs(mid).sum()) - area) <= 0.3 * area  # one object of the right size
+    assert float(differs(lerp(k0, k1)[0]).sum()) > 1.3 * area  # lerp: two half-transparent copies (a ghost)
+    assert (mid - video[:, m]).abs().mean() < (lerp(k0, k1)[0] - video[:, m]).abs().mean() / 3
+
+
+def test_pixel_flow_becomes_latent_pixels_and_the_warp_moves_content_by_the_flow():
+    flow = torch.zeros(1, 2, 64, 64)
+    flow[:, 0] = 8.0  # 8 pixels along x
+    latent = pixel_flow_to_latent(flow, 4)
+    assert latent.shape == (1, 2, 16, 16) and torch.allclose(latent[:, 0], torch.full((1, 16, 16), 2.0))
+    z = torch.zeros(1, 1, 16, 16)
+    z[:, :, 5, 9] = 1.0
+    moved = backward_warp(z, latent)  # out(p) = z(p + 2): the spike appears 2 latent pixels to the left
+    assert moved[0, 0, 5, 7] == 1.0 and moved.sum() == 1.0
+    with pytest.raises(ValueError, match="not a multiple of the factor"):
+        pixel_flow_to_latent(torch.zeros(1, 2, 30, 30), 4)
+
+
+def test_frequency_fusion_keeps_the_warps_low_and_the_refiners_high_band():
+    g = torch.Generator().manual_seed(0)
+    z_w, z_r = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    fused = fuse_frequencies(z_w, z_r, 2)
+    torch.testing.assert_close(lowpass(fused, 2), lowpass(z_w, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused - lowpass(fused, 2), z_r - lowpass(z_r, 2), atol=1e-5, rtol=0)
+    assert torch.equal(fuse_frequencies(z_w, z_r, 1), z_w)  # N = 1: everything is "low": the warp
+
+
+def test_interpolation_keeps_keyframes_exactly_and_chains_to_eight_times():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 4, 16, 8, 8, generator=g)
+    out = z
+    for expected in (31, 61, 121):
+        out = interpolate_latents(out, "slerp")
+        assert out.shape[2] == expected
+    assert torch.equal(interpolate_latents(z, "lerp")[:, :, 0::2], z)
+    assert torch.equal(out[:, :, 0::8], z)  # the original keyframes, bit for bit, after three passes
+    with pytest.raises(ValueError, match="frames >= 2"):
+        interpolate_latents(z[:, :, :1])
+
+
+def test_flow_interpolation_equals_lerp_on_static_content_and_the_untrained_net_is_lerp():
+    static = torch.randn(1, 4, 8, 8).expand(2, -1, -1, -1).clone()
+    zero = torch.zeros(2, 2, 8, 8)
+    half = torch.full((2, 1, 8, 8), 0.5)
+    torch.testing.assert_close(bilateral_merge(static, static, zero, zero, half), lerp(static, static))
+    net = LatentFlowNet(4, width=16)
+    a, b = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16)
+    f0, f1, mask = net(a, b)
+    assert not f0.any() and not f1.any() and torch.allclose(mask, torch.full_like(mask, 0.5))
+    torch.testing.assert_close(bilateral_merge(a, b, f0, f1, mask), lerp(a, b))
+    s = slerp(a, a * 2)
+    torch.testing.assert_close(s / s.norm(), a / a.norm(), atol=1e-5, rtol=0)  # parallel inputs keep the direction
