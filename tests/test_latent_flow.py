@@ -118,3 +118,78 @@ def test_flow_interpolation_equals_lerp_on_static_content_and_the_untrained_net_
     torch.testing.assert_close(bilateral_merge(a, b, f0, f1, mask), lerp(a, b))
     s = slerp(a, a * 2)
     torch.testing.assert_close(s / s.norm(), a / a.norm(), atol=1e-5, rtol=0)  # parallel inputs keep the direction
+
+
+# --------------------------------------------------------------------------------- training, pipeline, command line
+
+
+def _flow_run(tmp_path, steps: int = 3):
+    from test_training import TINY_VAE, tiny_config
+
+    return tiny_config(tmp_path, task="latent_flow", model={"vae": {"config": dict(TINY_VAE)}, "flow_net": {"width": 16}},
+                       data={"videos": {"type": "shapes", "height": 32, "width": 32, "num_frames": 5, "length": 32,
+                                        "seed": 5}, "batch_size": 4, "seed": 7},
+                       train={"max_steps": steps, "ema": False, "threads": 1},
+                       sample={"every": 0, "at_end": False, "num_reconstructions": 2},
+                       export={"at_end": True}, binding={"every": 0})
+
+
+def test_flow_distillation_learns_the_oracle_and_exports_a_temporal_super_resolution_model(tmp_path, capsys):
+    from test_training import run_config
+
+    from vidiff.cli import main
+    from vidiff.data.csv_datasets import collate_video_batch
+    from vidiff.pipelines.base import PipelineError
+    from vidiff.pipelines.temporal_sr import TemporalSuperResolutionPipeline
+    from vidiff.training.config import config_from_dict
+    from vidiff.training.data import build_datasets
+    from vidiff.training.losses import sample_generators
+    from vidiff.training.tasks import make_task
+
+    raw = _flow_run(tmp_path / "run")
+    task = make_task(config_from_dict(raw), torch.device("cpu"))
+    data, _, _ = build_datasets(task.cfg.data, truth=True)
+    batch = collate_video_batch([data[i] for i in range(4)])
+    assert {"masks", "flow"} <= set(batch) and batch["flow"].abs().sum() > 0
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(task.module.parameters(), lr=3e-3)
+    history = []
+    for _ in range(60):  # the objective is learnable: the flow error on a fixed batch falls
+        loss, metrics = task.loss(task.module, batch, sample_generators(0, 0, 0, list(range(4))))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(metrics["flow_l1"])
+    assert history[-1] < 0.7 * history[0], history[::10]
+    (sheet,) = task.preview(tmp_path, "preview")  # keyframe 0, lerp, flow, truth, keyframe 1
+    assert sheet.is_file()
+
+    result = run_config(raw)
+    assert result.finished
+    pipe = TemporalSuperResolutionPipeline.from_pretrained(result.model_dir)
+
+    video = batch["video"][:1, :, :3]
+    out = pipe(video, factor=4, output_type="latent")
+    assert out.latents.shape[2] == 9
+    from vidiff.models.autoencoder import encode_video
+
+    keys = encode_video(pipe.vae, video, sample=False)
+    assert torch.equal(out.latents[:, :, 0::4], keys)  # keyframes kept bit for bit
+    lerped = pipe(video, factor=2, guidance="lerp", output_type="latent").latents
+    torch.testing.assert_close(lerped[:, :, 1], (keys[:, :, 0] + keys[:, :, 1]) / 2)
+    for bad, message in ((dict(factor=3), "power of two"), (dict(guidance="cubic"), "guidance must be one of"),
+                         (dict(latents=keys), "one of them")):
+        with pytest.raises(PipelineError, match=message):
+            pipe(video, **bad)
+
+    from vidiff.utils.video import batch_to_uint8_frames, write_mp4
+
+    clip = tmp_path / "clip.mp4"
+    write_mp4(batch_to_uint8_frames(batch["video"][:1])[0], clip, fps=4)
+    target = tmp_path / "x4.mp4"
+    assert main(["interpolate", str(clip), "--model", str(result.model_dir), "--factor", "4", "-o", str(target)]) == 0
+    assert "5 frames at 4 fps -> 17 frames at 16 fps" in capsys.readouterr().out
+    assert main(["interpolate", str(clip), "--model", str(result.model_dir), "--factor", "3", "-o", str(target)]) == 2
+    assert "power of two" in capsys.readouterr().err
+    assert main(["interpolate", str(clip), "--model", "src/vidiff/assets/models/shapes_t2v", "-o", str(target)]) == 2
+    assert "not a temporal super-resolution model" in capsys.readouterr().err

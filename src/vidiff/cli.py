@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.add_parser(sub)
     cli_lora.add_parser(sub)
     cli_serve.add_parser(sub)
+    cli_videogen.add_interpolate_parser(sub)
     return parser
 
 
@@ -163,7 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 COMMANDS = {"convert": cmd_convert, "generate": cmd_generate, "animate": cli_animate.run, "edit": cli_edit.run,
             "eval": cli_eval.run, "train": cli_train.run, "serve": cli_serve.run,
-            "lora": cli_lora.run}
+            "lora": cli_lora.run, "interpolate": cli_videogen.run_interpolate}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 __all__ = ["LatentFlowNet", "backward_warp", "bilateral_merge", "fuse_frequencies", "interpolate_latents", "lerp",
@@ -81,7 +83,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: float = 0.5, eps: float = 1e-7)
     return (wa[:, None] * a + wb[:, None] * b).view_as(z0)
 
 
-class LatentFlowNet(nn.Module):
+class LatentFlowNet(ModelMixin, ConfigMixin):
     """Bilateral flows to the middle frame and a blend mask from two latent keyframes (IFRNet-style, small).
 
     ``forward(z0, z1)`` → (F_{½→0}, F_{½→1}, M): flows (n, 2, h, w) in latent pixels, M (n, 1, h, w) in (0, 1).
@@ -89,6 +91,7 @@ class LatentFlowNet(nn.Module):
     them at full resolution; the flow heads start at zero and the mask at ½ (so the untrained net is a lerp).
     """
 
+    @register_to_config
     def __init__(self, latent_channels: int = 4, width: int = 32) -> None:
         super().__init__()
         c = latent_channels

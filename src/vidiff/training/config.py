@@ -48,7 +48,7 @@ __all__ = [
     "load_config",
 ]
 
-TASKS = ("t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder")
+TASKS = ("t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder", "latent_flow")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RECON_LOSSES = ("l1", "l2", "l1+l2")
@@ -92,7 +92,7 @@ def _check_timestep_sampling(spec: dict) -> None:
 
 def _check_lora(c: RunConfig) -> None:
     lora = c.train.lora
-    if c.task in ("autoencoder", "video_decoder"):
+    if c.task in ("autoencoder", "video_decoder", "latent_flow"):
         raise ConfigError(f"train.lora adapts a diffusion U-Net; task {c.task} has none")
     if lora.rank < 1:
         raise ConfigError(f"train.lora.rank must be a positive integer, got {lora.rank}")
@@ -143,7 +143,8 @@ class ModelConfig:
     image autoencoder made temporal. ``reference_model`` (task ref_t2v): the text-to-image model folder (or embedded
     model name) that draws references at inference, recorded in the export's index; ``lowres_factor`` makes it a
     super-resolution stage conditioned on the clip at 1/factor resolution (encoded, upsampled bilinearly in latent
-    space, plus ``lowres_noise`` · N(0, 1) noise augmentation), as a cascade stage's condition.
+    space, plus ``lowres_noise`` · N(0, 1) noise augmentation), as a cascade stage's condition. ``flow_net`` (task
+    latent_flow): options of :class:`~vidiff.models.latent_flow.LatentFlowNet` (``width``).
     """
 
     init_from: str | None = None
@@ -162,6 +163,7 @@ class ModelConfig:
     reference_model: str | None = None
     lowres_factor: int | None = None
     lowres_noise: float = 0.0
+    flow_net: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
 
 
@@ -232,6 +234,7 @@ class TrainConfig:
     ema_update_after_step: int = 0
     recon_loss: str = "l1"
     kl_weight: float = 1e-6
+    warp_weight: float = 1.0  # task latent_flow: weight of |z_w - z_mid|_1 beside the flow and mask distillation
     threads: int | None = None
     deterministic: bool = False
     # Shapes world only: the loss at latent cells covered by an object is weighted (1 + foreground_weight), then
@@ -320,7 +323,7 @@ class DistributedConfig:
 
 @dataclass
 class RunConfig:
-    task: Literal["t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder"] = "t2v"
+    task: Literal["t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder", "latent_flow"] = "t2v"
     output_dir: str = "outputs/run"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -632,6 +635,7 @@ def _validate(c: RunConfig) -> None:
     needed = {
         "autoencoder": ("vae",),
         "video_decoder": ("vae",),
+        "latent_flow": ("vae",),
         "t2i": ("unet", "vae", "text_encoder"),
         "t2v": ("unet", "vae", "text_encoder"),
         "i2v": ("unet", "vae", "text_encoder", "image_encoder", "image_projector"),

@@ -28,6 +28,7 @@ from vidiff.training.config import ConfigError, DataConfig
 __all__ = ["BatchStream", "TrainingSample", "build_datasets", "build_batch_sampler"]
 
 _KEEP = ("video", "latents", "text_embeddings", "caption", "fps", "frame_stride", "index", "foreground")
+_TRUTH = ("masks", "flow")  # the main object's coverage and velocity, for tasks that learn motion (latent_flow)
 
 
 def _foreground(item: dict[str, Any]) -> torch.Tensor | None:
@@ -51,8 +52,10 @@ class TrainingSample(Dataset):
     ``static_frames`` > 1 repeats still images into static clips of that many frames.
     """
 
-    def __init__(self, dataset: Dataset, *, image_fps: float = 0.0, static_frames: int = 1) -> None:
+    def __init__(self, dataset: Dataset, *, image_fps: float = 0.0, static_frames: int = 1,
+                 keep_truth: bool = False) -> None:
         self.dataset = dataset
+        self.keep = _KEEP + _TRUTH if keep_truth else _KEEP
         self.image_fps = float(image_fps)
         self.static_frames = int(static_frames)
 
@@ -67,7 +70,7 @@ class TrainingSample(Dataset):
         item = self.dataset[index]
         if "image" in item and "video" not in item:  # ShapesImageDataset: (3, H, W)
             item = {**item, "video": item["image"][:, None], "fps": self.image_fps, "frame_stride": 0}
-        out = {k: item[k] for k in _KEEP if k in item}
+        out = {k: item[k] for k in self.keep if k in item}
         fg = _foreground(item)
         if fg is not None:
             out["foreground"] = fg
@@ -153,11 +156,12 @@ def _build_one(spec: dict, where: str, seed: int, kind: str, masks: bool = False
 
 
 def build_datasets(cfg: DataConfig, num_frames_hint: int | None = None, *, images_only: bool = False,
-                   masks: bool = False) -> tuple[Dataset, int, int]:
+                   masks: bool = False, truth: bool = False) -> tuple[Dataset, int, int]:
     """``(dataset, num_videos, num_images)``; with images the dataset is ``ConcatDataset([videos, images])``.
 
     ``images_only`` (text-to-image training): the images are the whole dataset, as 1-frame clips, counted as videos.
-    ``masks``: shapes-world items carry a ``foreground`` mask (for ``train.foreground_weight``).
+    ``masks``: shapes-world items carry a ``foreground`` mask (for ``train.foreground_weight``); ``truth``: video
+    items also carry the main object's ``masks`` and ``flow`` (motion ground truth).
     """
     if images_only:
         spec = dict(cfg.images)
@@ -167,7 +171,8 @@ def build_datasets(cfg: DataConfig, num_frames_hint: int | None = None, *, image
             raise ConfigError("data.images is empty")
         _check_readable(images, "data.images")
         return images, len(images), 0
-    videos = TrainingSample(_build_one(cfg.videos, "data.videos", cfg.seed, "videos", masks))
+    videos = TrainingSample(_build_one(cfg.videos, "data.videos", cfg.seed, "videos", masks or truth),
+                            keep_truth=truth)
     if len(videos) < 1:
         raise ConfigError("data.videos is empty")
     _check_readable(videos, "data.videos")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -33,7 +34,7 @@ from vidiff.training.losses import (
 from vidiff.training.models import DenoiserBundle, build_component, build_video_components
 
 __all__ = ["AutoencoderBundle", "AutoencoderTask", "ImageToVideoTask", "TextToImageTask", "TextToVideoTask",
-           "ReferenceVideoTask", "UnifiedVideoTask", "VideoDecoderTask", "make_task"]
+           "LatentFlowTask", "ReferenceVideoTask", "UnifiedVideoTask", "VideoDecoderTask", "make_task"]
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -934,7 +935,117 @@ class VideoDecoderTask(AutoencoderTask):
         return [write_contact_sheet(rows, out_dir / f"{tag}.png", columns=None)]
 
 
+class LatentFlowTask:
+    """VideoGen's latent flow network (§3.3, §3.5): bilateral flows to the middle frame and a blend mask from two latent
+    keyframes, distilled from a teacher. On the shapes world the teacher is the analytic flow the world renders
+    (:func:`vidiff.data.shapes_flow.bilateral_flow`), resized and divided by the autoencoder's factor (flows in latent
+    pixels). Loss: L1 to the teacher's flows (moving cells weighted ``MOTION_WEIGHT``) and mask, plus
+    ``train.warp_weight`` · ‖z_w − z_½‖₁ (design doc reading 5).
+    A sample's middle frame is drawn per sample from its generator; the autoencoder is frozen."""
+
+    kind = "latent_flow"
+    needs_ground_truth = True  # the trainer's datasets then carry the shapes world's masks and flow
+    MOTION_WEIGHT = 20.0  # weight of a moving cell (teacher flow ≠ 0) in the flow loss, against 1 for a still one
+    metric_names = ("loss", "flow_l1", "mask_l1", "warp_l1")
+
+    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        from vidiff.models.autoencoder import latent_channels_of
+        from vidiff.models.latent_flow import LatentFlowNet
+
+        self.cfg = cfg
+        self.device = device
+        self.vae = build_component("vae", cfg.model.vae, cfg.model.init_from).requires_grad_(False).eval().to(device)
+        try:
+            self.flow_net = LatentFlowNet(latent_channels_of(self.vae), **cfg.model.flow_net)
+        except TypeError as err:
+            raise ConfigError(f"model.flow_net: {err}") from err
+        self.module = self.flow_net
+        self.preview_batch: dict[str, torch.Tensor] | None = None
+
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        from vidiff.models.autoencoder import encode_video
+
+        with torch.no_grad():
+            return encode_video(self.vae, frames[:, :, None].to(self.device), sample=False)[:, :, 0].float()
+
+    def _targets(self, batch: dict[str, Any], middles: list[int]) -> dict[str, torch.Tensor]:
+        from vidiff.data.shapes_flow import bilateral_flow
+        from vidiff.models.autoencoder import spatial_factor_of
+        from vidiff.models.latent_flow import pixel_flow_to_latent
+
+        if "flow" not in batch or "masks" not in batch:
+            raise ConfigError("latent-flow training needs the shapes world's motion ground truth (data.videos of "
+                              "type shapes)")
+        f = spatial_factor_of(self.vae)
+        video, rows = batch["video"], torch.arange(len(middles))
+        m = torch.tensor(middles)
+        oracle = [bilateral_flow(batch["masks"][i], batch["flow"][i], k) for i, k in enumerate(middles)]
+        to0 = pixel_flow_to_latent(torch.stack([o[0] for o in oracle]), f)
+        to1 = pixel_flow_to_latent(torch.stack([o[1] for o in oracle]), f)
+        weight = F.avg_pool2d(torch.stack([o[2] for o in oracle]), f)
+        return {"z0": self._encode(video[rows, :, m - 1]), "z1": self._encode(video[rows, :, m + 1]),
+                "zm": self._encode(video[rows, :, m]), "to0": to0.to(self.device), "to1": to1.to(self.device),
+                "mask": weight.to(self.device)}
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        from vidiff.models.latent_flow import bilateral_merge
+
+        t = batch["video"].shape[2]
+        if t < 3:
+            raise ConfigError(f"latent-flow training needs clips of at least 3 frames, got {t}")
+        if self.preview_batch is None:
+            n = self.cfg.sample.num_reconstructions
+            self.preview_batch = {k: batch[k][:n].clone() for k in ("video", "masks", "flow")}
+        middles = [int(torch.randint(1, t - 1, (1,), generator=g)) for g in gens]
+        y = self._targets(batch, middles)
+        f0, f1, mask = model(y["z0"], y["z1"])
+        # a few percent of the cells move: weight them so the flow loss is not won by predicting zero everywhere
+        moving = ((y["to0"].abs().sum(1, keepdim=True) + y["to1"].abs().sum(1, keepdim=True)) > 0).float()
+        w = 1.0 + self.MOTION_WEIGHT * moving
+        flow_l1 = (((f0 - y["to0"]).abs() + (f1 - y["to1"]).abs()) * w).sum() / (2 * w.sum() * f0.shape[1])
+        mask_l1 = (mask - y["mask"]).abs().mean()
+        warp_l1 = (bilateral_merge(y["z0"], y["z1"], f0, f1, mask) - y["zm"]).abs().mean()
+        loss = flow_l1 + mask_l1 + self.cfg.train.warp_weight * warp_l1
+        return loss, {"loss": float(loss.detach()), "flow_l1": float(flow_l1.detach()),
+                      "mask_l1": float(mask_l1.detach()), "warp_l1": float(warp_l1.detach())}
+
+    @torch.no_grad()
+    def preview(self, out_dir: Path, tag: str) -> list[Path]:
+        """Rows per clip: keyframe 0, lerp, the flow net's middle frame, the true middle frame, keyframe 1 (decoded)."""
+        from vidiff.models.autoencoder import decode_video
+        from vidiff.models.latent_flow import bilateral_merge, lerp
+        from vidiff.utils.video import batch_to_uint8_frames, write_contact_sheet
+
+        if self.preview_batch is None:
+            return []
+        b = self.preview_batch
+        middles = [b["video"].shape[2] // 2] * len(b["video"])
+        y = self._targets(b, middles)
+        was = self.flow_net.training
+        self.flow_net.eval()
+        try:
+            f0, f1, mask = self.flow_net(y["z0"], y["z1"])
+        finally:
+            self.flow_net.train(was)
+        mid = bilateral_merge(y["z0"], y["z1"], f0, f1, mask)
+        latents = torch.stack([y["z0"], lerp(y["z0"], y["z1"]), mid, y["zm"], y["z1"]], dim=2)
+        frames = batch_to_uint8_frames(decode_video(self.vae, latents, chunk_size=None).clamp(-1, 1))
+        self.last_preview_l1 = float((mid - y["zm"]).abs().mean())
+        return [write_contact_sheet(list(frames), out_dir / f"{tag}.png", columns=None)]
+
+    def export(self, folder: Path, state_dict: dict[str, torch.Tensor] | None = None, step: int = 0) -> None:
+        net = self.flow_net if state_dict is None else _rebuilt(self.flow_net, state_dict, "")
+        net.save_pretrained(folder / "flow_net")
+        self.vae.save_pretrained(folder / "vae")
+        index = {"_class_name": "TemporalSuperResolutionPipeline", "family": "vidiff_trained_latent_flow",
+                 "components": ["flow_net", "vae"], "guidance": "flow",
+                 "defaults": {"fps": int(self.cfg.model.defaults.get("fps", 8))}}
+        write_index(folder, index, {"flow_net": net, "vae": self.vae})
+        (folder / "training.json").write_text(json.dumps({"step": step, "config": config_to_dict(self.cfg)}, indent=2))
+
+
 def make_task(cfg: RunConfig, device: torch.device) -> TextToVideoTask | AutoencoderTask:
     tasks = {"t2i": TextToImageTask, "t2v": TextToVideoTask, "i2v": ImageToVideoTask, "univid": UnifiedVideoTask,
-             "ref_t2v": ReferenceVideoTask, "autoencoder": AutoencoderTask, "video_decoder": VideoDecoderTask}
+             "ref_t2v": ReferenceVideoTask, "autoencoder": AutoencoderTask, "video_decoder": VideoDecoderTask,
+             "latent_flow": LatentFlowTask}
     return tasks[cfg.task](cfg, device)

@@ -212,7 +212,8 @@ def _train(cfg: RunConfig, accelerator: Any) -> TrainResult:
 
     # ------------------------------------------------------------------ data
     dataset, n_videos, n_images = build_datasets(cfg.data, _num_frames_hint(cfg), images_only=cfg.task == "t2i",
-                                                 masks=cfg.train.foreground_weight > 0)
+                                                 masks=cfg.train.foreground_weight > 0,
+                                                 truth=getattr(task, "needs_ground_truth", False))
     batch_sampler = build_batch_sampler(cfg.data, n_videos, n_images, accelerator.num_processes,
                                         accelerator.process_index)
     stream = BatchStream(dataset, batch_sampler, num_workers=cfg.data.num_workers, epoch=state.epoch,
