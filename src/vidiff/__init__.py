@@ -18,6 +18,7 @@ _PUBLIC = {
     "UnifiedVideoPipeline": "vidiff.pipelines.unified",
     "ReferenceVideoPipeline": "vidiff.pipelines.reference",
     "CascadedVideoPipeline": "vidiff.pipelines.cascade",
+    "TemporalSuperResolutionPipeline": "vidiff.pipelines.temporal_sr",
     "TemporalDecoderAutoencoderKL": "vidiff.models.video_decoder",
     "VideoPipelineOutput": "vidiff.pipelines.base",
     "PipelineError": "vidiff.pipelines.base",
