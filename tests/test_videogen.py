@@ -21,6 +21,19 @@ def test_first_frame_concat_puts_the_reference_on_frame_zero_only():
         first_frame_concat(torch.randn(2, 4, 3, 8, 8), 3)
 
 
+def _spy_concat(pipe) -> list[torch.Tensor]:
+    """Record the ``concat`` condition of every U-Net call of ``pipe``."""
+    seen = []
+    real = pipe.unet.forward
+
+    def spy(x, t, *args, **kwargs):
+        seen.append(kwargs["concat"].clone())
+        return real(x, t, *args, **kwargs)
+
+    pipe.unet.forward = spy
+    return seen
+
+
 def _ref_config(tmp_path, **sections):
     from test_training import TINY_UNET, TINY_VAE, tiny_config
 
@@ -81,14 +94,7 @@ def test_reference_model_trains_exports_and_generates_from_a_given_or_drawn_refe
     with torch.no_grad():  # make the reference channels matter (a 2-step model barely uses them)
         conv = pipe.unet.input_blocks[0][0]
         conv.weight[:, 4:].normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
-    seen = []
-    real = pipe.unet.forward
-
-    def spy(x, t, *args, **kwargs):
-        seen.append(kwargs["concat"].clone())
-        return real(x, t, *args, **kwargs)
-
-    pipe.unet.forward = spy
+    seen = _spy_concat(pipe)
     red = Image.new("RGB", (32, 32), (220, 30, 30))
     blue = Image.new("RGB", (32, 32), (30, 30, 220))
     kw = dict(num_inference_steps=2, seed=0, progress=False, output_type="pt")
@@ -160,14 +166,7 @@ def test_super_resolution_stage_follows_its_low_resolution_input_and_the_cascade
     assert stage.lowres_factor == 2
     with torch.no_grad():  # a 2-step model barely reads its condition: make the low-resolution channels matter
         stage.unet.input_blocks[0][0].weight[:, 8:].normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-    seen = []
-    real = stage.unet.forward
-
-    def spy(x, t, *args, **kwargs):
-        seen.append(kwargs["concat"].clone())
-        return real(x, t, *args, **kwargs)
-
-    stage.unet.forward = spy
+    seen = _spy_concat(stage)
     red = Image.new("RGB", (64, 64), (220, 30, 30))
     kw = dict(num_inference_steps=2, seed=0, progress=False, output_type="latent")
     low_a = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(2))

@@ -38,6 +38,8 @@ class TemporalDecoderAutoencoderKL(LDMAutoencoderKL):
     (the decoder's temporal context; None: ``temporal_length``).
     """
 
+    # The parent's arguments are repeated: diffusers' register_to_config records a config from this signature alone, so
+    # the saved folder must list every key for from_pretrained (and the model folder's vae/) to rebuild it.
     @register_to_config
     def __init__(
         self,

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import PipelineError, VideoPipelineOutput, as_prompt_list, read_model_index
-from .image_io import ImageInput, resize_short_side_center_crop
-from .reference import ReferenceVideoPipeline, _resolve_reference
+from .image_io import ImageInput
+from .reference import ReferenceVideoPipeline, _resolve_reference, reference_images
 from .text_to_video import TextToVideoPipeline
 
 __all__ = ["CascadedVideoPipeline", "write_cascade_folder"]
@@ -80,13 +80,7 @@ class CascadedVideoPipeline:
             out = self.reference_pipeline(prompts, num_frames=1, height=h, width=w, seed=seed,
                                           num_inference_steps=steps, output_type="pt", progress=False)
             return out.frames[:, :, 0].clamp(-1, 1)
-        items = list(image) if isinstance(image, list | tuple) else [image]
-        images = torch.cat([resize_short_side_center_crop(item, h, w) for item in items])
-        if images.shape[0] == 1 and len(prompts) > 1:
-            images = images.expand(len(prompts), -1, -1, -1)
-        if images.shape[0] != len(prompts):
-            raise PipelineError(f"{images.shape[0]} reference images for {len(prompts)} prompts")
-        return images
+        return reference_images(image, len(prompts), h, w)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], reference_image: ImageInput | Sequence[ImageInput] | None = None,

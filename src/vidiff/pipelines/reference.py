@@ -96,12 +96,7 @@ class ReferenceVideoPipeline(TextToVideoPipeline):
         if reference_image is None:
             images = self.draw_reference(prompts, height, width, seed, reference_steps)
         else:
-            items = list(reference_image) if isinstance(reference_image, list | tuple) else [reference_image]
-            images = torch.cat([resize_short_side_center_crop(item, height, width) for item in items])
-            if images.shape[0] == 1 and len(prompts) > 1:
-                images = images.expand(len(prompts), -1, -1, -1)
-            if images.shape[0] != len(prompts):
-                raise PipelineError(f"{images.shape[0]} reference images for {len(prompts)} prompts")
+            images = reference_images(reference_image, len(prompts), height, width)
         concat = first_frame_concat(self.reference_latents(images), num_frames)
         concat = torch.cat([concat, self._lowres_condition(lowres_latents, concat.shape)], dim=1) \
             if self.lowres_factor is not None else concat
@@ -112,6 +107,17 @@ class ReferenceVideoPipeline(TextToVideoPipeline):
         if return_reference:
             out.reference = images
         return out
+
+
+def reference_images(image: ImageInput | Sequence[ImageInput], count: int, height: int, width: int) -> torch.Tensor:
+    """One image (for every prompt) or one per prompt → (count, 3, H, W) in [-1, 1] (short side resized, centred)."""
+    items = list(image) if isinstance(image, list | tuple) else [image]
+    images = torch.cat([resize_short_side_center_crop(item, height, width) for item in items])
+    if images.shape[0] == 1 and count > 1:
+        images = images.expand(count, -1, -1, -1)
+    if images.shape[0] != count:
+        raise PipelineError(f"{images.shape[0]} reference images for {count} prompts")
+    return images
 
 
 def _resolve_reference(folder: Path, source: str) -> Path:
