@@ -193,3 +193,51 @@ def test_flow_distillation_learns_the_oracle_and_exports_a_temporal_super_resolu
     assert "power of two" in capsys.readouterr().err
     assert main(["interpolate", str(clip), "--model", "src/vidiff/assets/models/shapes_t2v", "-o", str(target)]) == 2
     assert "not a temporal super-resolution model" in capsys.readouterr().err
+
+
+def test_refiner_conditions_on_keyframes_and_warps_and_the_pipeline_keeps_keyframes_and_the_warps_low_band(tmp_path):
+    from test_training import TINY_TEXT, TINY_UNET, run_config, tiny_config
+
+    from vidiff.models.autoencoder import encode_video
+    from vidiff.pipelines.temporal_sr import TemporalRefinerPipeline, TemporalSuperResolutionPipeline
+    from vidiff.training.config import config_from_dict
+    from vidiff.training.tasks import make_task
+
+    raw = tiny_config(tmp_path / "refiner", task="temporal_refiner",
+                      model={"unet": {"config": {**TINY_UNET, "in_channels": 9, "temporal_length": 8}},
+                             "vae": {"config": {**_flow_run(tmp_path)["model"]["vae"]["config"]}},
+                             "text_encoder": {"config": dict(TINY_TEXT), "trainable": False},
+                             "defaults": {"num_frames": 5, "height": 32, "width": 32, "fps": 16}},
+                      data={"videos": {"type": "shapes", "height": 32, "width": 32, "num_frames": 5, "strides": [1],
+                                       "length": 16, "seed": 5}, "batch_size": 2, "seed": 7},
+                      train={"max_steps": 2, "ema": False, "cond_dropout": {"text": 0.0}},
+                      export={"at_end": True}, binding={"every": 0})
+    task = make_task(config_from_dict(raw), torch.device("cpu"))
+    from vidiff.data.csv_datasets import collate_video_batch
+    from vidiff.training.data import build_datasets
+
+    data, _, _ = build_datasets(task.cfg.data, truth=True)
+    batch = collate_video_batch([data[i] for i in range(2)])
+    z = encode_video(task.vae, batch["video"], sample=False)
+    cond = task.refiner_condition(z, batch["masks"], batch["flow"])
+    assert cond.shape == (2, 5, 5, 8, 8)
+    assert torch.equal(cond[:, :4, 0::2], z[:, :, 0::2])  # keyframes as they are
+    assert torch.equal(cond[:, 4, 0::2], torch.ones_like(cond[:, 4, 0::2])) and not cond[:, 4, 1::2].any()
+    assert not torch.equal(cond[:, :4, 1::2], z[:, :, 1::2])  # inserted frames: warps, not the truth
+    refiner_dir = run_config(raw).model_dir
+    refiner = TemporalRefinerPipeline.from_pretrained(refiner_dir)
+    assert refiner.window == 5
+
+    flow_dir = run_config(_flow_run(tmp_path / "flow")).model_dir
+    pipe = TemporalSuperResolutionPipeline.from_pretrained(flow_dir, refiner=refiner_dir)
+    video = batch["video"][:1, :, :4]
+    keys = encode_video(pipe.vae, video, sample=False)
+    plain = pipe(video, factor=2, refine=False, output_type="latent").latents
+    refined = pipe(video, factor=2, fusion=2, refine_steps=2, output_type="latent").latents
+    assert refined.shape[2] == 7 and torch.equal(refined[:, :, 0::2], keys)  # keyframes kept exactly
+    from vidiff.models.latent_flow import lowpass
+
+    torch.testing.assert_close(lowpass(refined[0, :, 1::2].transpose(0, 1), 2),
+                               lowpass(plain[0, :, 1::2].transpose(0, 1), 2), atol=1e-5, rtol=0)  # the warp's low band
+    assert (refined - plain).abs().max() > 1e-4  # and the refiner's high band
+    assert torch.equal(pipe(video, factor=2, fusion=1, refine_steps=2, output_type="latent").latents, plain)

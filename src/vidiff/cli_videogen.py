@@ -99,6 +99,13 @@ def add_interpolate_parser(sub: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--factor", type=int, default=2, help="frame-rate factor, a power of two (default 2)")
     p.add_argument("--guidance", choices=("flow", "lerp", "slerp"), default="flow",
                    help="how inserted frames are made (default flow)")
+    p.add_argument("--refiner", metavar="FOLDER",
+                   help="a temporal refiner model folder (vidiff train task temporal_refiner): each pass is refined "
+                        "and fused with the warps (default: the model folder's refiner, if it names one)")
+    p.add_argument("--refine-steps", type=int, help="sampling steps of the refiner (default: its own)")
+    p.add_argument("--fusion", type=int, default=2,
+                   help="block size N of the low/high-frequency fusion of warp and refiner (default 2; 1: the warp)")
+    p.add_argument("--no-refine", action="store_true", help="skip the refiner even if the model folder names one")
     p.add_argument("-o", "--output", default="outputs/interpolated.mp4", help="output .mp4 path")
     p.add_argument("--gif", action="store_true", help="also write <stem>.gif")
     p.add_argument("--sheet", action="store_true", help="also write a PNG contact sheet <stem>_sheet.png")
@@ -111,6 +118,15 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
     if args.factor < 2 or args.factor & (args.factor - 1):
         raise ValueError(f"--factor must be a power of two >= 2 (2, 4, 8), got {args.factor}")
+    if args.fusion < 1:
+        raise ValueError(f"--fusion must be >= 1, got {args.fusion}")
+    if args.refine_steps is not None and args.refine_steps < 1:
+        raise ValueError(f"--refine-steps must be >= 1, got {args.refine_steps}")
+    if args.refiner is not None:
+        refiner_index = check_model_folder(args.refiner)
+        if refiner_index.get("_class_name") != "TemporalRefinerPipeline":
+            raise ValueError(f"--refiner {args.refiner} holds a {refiner_index.get('_class_name')!r} model, not a "
+                             "temporal refiner (vidiff train task temporal_refiner)")
     check_output_path(args.output, (".mp4",))
     index = check_model_folder(args.model)
     if index.get("_class_name") != "TemporalSuperResolutionPipeline":
@@ -126,8 +142,9 @@ def run_interpolate(args: argparse.Namespace) -> int:
     from .pipelines.temporal_sr import TemporalSuperResolutionPipeline
 
     start = time.time()
-    pipe = TemporalSuperResolutionPipeline.from_pretrained(args.model, device=args.device)
-    out = pipe(frames, factor=args.factor, guidance=args.guidance)
+    pipe = TemporalSuperResolutionPipeline.from_pretrained(args.model, device=args.device, refiner=args.refiner)
+    out = pipe(frames, factor=args.factor, guidance=args.guidance, refine=not args.no_refine, fusion=args.fusion,
+               refine_steps=args.refine_steps, fps=int(round(fps)))
     write_outputs(out.frames, args, fps * args.factor, start, f"interpolated ×{args.factor} ({args.guidance})")
     print(f"{len(frames)} frames at {fps:g} fps -> {out.frames.shape[1]} frames at {fps * args.factor:g} fps")
     return 0

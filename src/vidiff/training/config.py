@@ -48,7 +48,7 @@ __all__ = [
     "load_config",
 ]
 
-TASKS = ("t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder", "latent_flow")
+TASKS = ("t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder", "latent_flow", "temporal_refiner")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RECON_LOSSES = ("l1", "l2", "l1+l2")
@@ -323,7 +323,8 @@ class DistributedConfig:
 
 @dataclass
 class RunConfig:
-    task: Literal["t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder", "latent_flow"] = "t2v"
+    task: Literal["t2i", "t2v", "i2v", "univid", "ref_t2v", "autoencoder", "video_decoder", "latent_flow",
+                  "temporal_refiner"] = "t2v"
     output_dir: str = "outputs/run"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -636,6 +637,7 @@ def _validate(c: RunConfig) -> None:
         "autoencoder": ("vae",),
         "video_decoder": ("vae",),
         "latent_flow": ("vae",),
+        "temporal_refiner": ("unet", "vae", "text_encoder"),
         "t2i": ("unet", "vae", "text_encoder"),
         "t2v": ("unet", "vae", "text_encoder"),
         "i2v": ("unet", "vae", "text_encoder", "image_encoder", "image_projector"),

@@ -144,6 +144,8 @@ def build_video_components(cfg: ModelConfig, task: str = "t2v") -> VideoComponen
     want_in = 2 * latent if (task == "i2v" and cfg.i2v_flavour == "dc") or task == "ref_t2v" else latent
     if task == "ref_t2v" and cfg.lowres_factor is not None:
         want_in = 3 * latent  # noisy latent, reference on frame 0, the upsampled lower-stage latent
+    if task == "temporal_refiner":
+        want_in = 2 * latent + 1  # noisy latent, keyframes and warps, the keyframe mask
     if uc.out_channels != latent or uc.in_channels != want_in:
         raise ConfigError(
             f"the U-Net maps {uc.in_channels} -> {uc.out_channels} channels but the autoencoder's latent has {latent}: "

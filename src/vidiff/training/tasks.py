@@ -34,7 +34,8 @@ from vidiff.training.losses import (
 from vidiff.training.models import DenoiserBundle, build_component, build_video_components
 
 __all__ = ["AutoencoderBundle", "AutoencoderTask", "ImageToVideoTask", "TextToImageTask", "TextToVideoTask",
-           "LatentFlowTask", "ReferenceVideoTask", "UnifiedVideoTask", "VideoDecoderTask", "make_task"]
+           "LatentFlowTask", "ReferenceVideoTask", "TemporalRefinerTask", "UnifiedVideoTask", "VideoDecoderTask",
+           "make_task"]
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -935,6 +936,79 @@ class VideoDecoderTask(AutoencoderTask):
         return [write_contact_sheet(rows, out_dir / f"{tag}.png", columns=None)]
 
 
+class TemporalRefinerTask(TextToVideoTask):
+    """VideoGen's temporal refiner (§3.3, design doc reading 6): a diffusion U-Net over 2K−1 frames whose input is
+    ``[z_t ‖ c ‖ m]``: c holds the keyframe latents at even indices and the warped middle latents at odd ones, m = 1
+    on keyframes. No text (it trains on unpaired video: the empty caption always); the fps condition is the target
+    rate. In training the warps are the shapes world's oracle warps (:func:`vidiff.data.shapes_flow.bilateral_flow`)
+    of the clip's own latents; at inference the flow network's."""
+
+    kind = "temporal_refiner"
+    needs_ground_truth = True
+
+    def refiner_condition(self, latents: torch.Tensor, masks: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """(b, c + 1, T, h, w): keyframes (even frames) and oracle warps (odd frames) of ``latents``, and the mask."""
+        from vidiff.data.shapes_flow import bilateral_flow
+        from vidiff.models.autoencoder import spatial_factor_of
+        from vidiff.models.latent_flow import bilateral_merge, pixel_flow_to_latent
+
+        b, c, t, h, w = latents.shape
+        if t < 3 or t % 2 == 0:
+            raise ConfigError(f"the temporal refiner trains on clips of an odd number of frames >= 3 (keyframes and "
+                              f"the frames between them), got {t}")
+        f = spatial_factor_of(self.vae)
+        cond = latents.clone()
+        for j in range(1, t, 2):
+            oracle = [bilateral_flow(masks[i], flow[i], j) for i in range(b)]
+            to0 = pixel_flow_to_latent(torch.stack([o[0] for o in oracle]), f).to(latents)
+            to1 = pixel_flow_to_latent(torch.stack([o[1] for o in oracle]), f).to(latents)
+            weight = F.avg_pool2d(torch.stack([o[2] for o in oracle]), f).to(latents)
+            cond[:, :, j] = bilateral_merge(latents[:, :, j - 1], latents[:, :, j + 1], to0, to1, weight)
+        key = torch.zeros(b, 1, t, h, w, dtype=latents.dtype, device=latents.device)
+        key[:, :, 0::2] = 1
+        return torch.cat([cond, key], dim=1)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        if "flow" not in batch or "masks" not in batch:
+            raise ConfigError("temporal-refiner training needs the shapes world's motion ground truth (data.videos of "
+                              "type shapes)")
+        latents, draws = self._latents(batch, gens)
+        if self.preview_batch is not None and "masks" not in self.preview_batch:
+            n = len(self.preview_batch["caption"])
+            self.preview_batch.update(masks=batch["masks"][:n].clone(), flow=batch["flow"][:n].clone())
+        kwargs = self._text_kwargs(batch, torch.ones(len(gens), dtype=torch.bool))  # no text: the empty caption
+        kwargs["fps"] = self._conditioning(batch[self.cfg.model.conditioning])
+        kwargs["c_concat"] = self.refiner_condition(latents, batch["masks"], batch["flow"])
+        return diffusion_loss(model, self.schedule, latents, draws, self._weight(batch), **kwargs)
+
+    def _pipeline(self):
+        from vidiff.pipelines.temporal_sr import TemporalRefinerPipeline
+
+        return TemporalRefinerPipeline(self.unet, self.vae, self.text_encoder, self.tokenizer, self.schedule,
+                                       self.sampling_defaults())
+
+    def _generate(self, pipe: Any, d: dict[str, Any]) -> tuple[torch.Tensor, list[str], list]:
+        """Rows: a training clip, its oracle-warped clip (inserted frames warped), and the refiner's output."""
+        from vidiff.models.autoencoder import decode_video, encode_video
+        from vidiff.utils.video import batch_to_uint8_frames
+
+        src = self.preview_batch
+        if src is None or "masks" not in src:
+            raise ConfigError("no training clip seen yet to preview the refiner on")
+        z = encode_video(self.vae, src["video"].to(self.device), sample=False).float()
+        cond = self.refiner_condition(z, src["masks"], src["flow"])
+        refined = pipe.refine(cond, num_inference_steps=self.cfg.sample.steps, seed=self.cfg.sample.seed,
+                              fps=int(d["fps"]))
+        warped = batch_to_uint8_frames(decode_video(self.vae, cond[:, :-1], chunk_size=None).clamp(-1, 1))
+        out = batch_to_uint8_frames(decode_video(self.vae, refined, chunk_size=None).clamp(-1, 1))
+        rows = [r for triple in zip(batch_to_uint8_frames(src["video"]), warped, out) for r in triple]
+        return out, [f"refined_{i}" for i in range(len(out))], rows
+
+    def _index(self, step: int) -> dict[str, Any]:
+        return {"_class_name": "TemporalRefinerPipeline", "family": "vidiff_trained_temporal_refiner",
+                "flavour": "dc" if self.schedule.data_scale == "dc" else "vc"}
+
+
 class LatentFlowTask:
     """VideoGen's latent flow network (§3.3, §3.5): bilateral flows to the middle frame and a blend mask from two latent
     keyframes, distilled from a teacher. On the shapes world the teacher is the analytic flow the world renders
@@ -1047,5 +1121,5 @@ class LatentFlowTask:
 def make_task(cfg: RunConfig, device: torch.device) -> TextToVideoTask | AutoencoderTask:
     tasks = {"t2i": TextToImageTask, "t2v": TextToVideoTask, "i2v": ImageToVideoTask, "univid": UnifiedVideoTask,
              "ref_t2v": ReferenceVideoTask, "autoencoder": AutoencoderTask, "video_decoder": VideoDecoderTask,
-             "latent_flow": LatentFlowTask}
+             "latent_flow": LatentFlowTask, "temporal_refiner": TemporalRefinerTask}
     return tasks[cfg.task](cfg, device)
