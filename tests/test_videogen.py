@@ -198,7 +198,21 @@ def test_super_resolution_stage_follows_its_low_resolution_input_and_the_cascade
     with pytest.raises(PipelineError, match="sizes do not chain"):
         CascadedVideoPipeline([ReferenceVideoPipeline.from_pretrained(base), wide])
 
+    from test_latent_flow import _flow_run
+    from test_training import run_config
+
+    tsr = run_config(_flow_run(tmp_path / "flow")).model_dir
+    with_tsr = write_cascade_folder(tmp_path / "cascade_tsr", [base, sr], reference_model="shapes_t2i",
+                                    temporal_sr=tsr)
+    fast = CascadedVideoPipeline.from_pretrained(with_tsr)("a red circle", red, num_inference_steps=2, seed=0,
+                                                           progress=False, output_type="latent", temporal_factor=2)
+    assert fast.latents.shape == (1, 4, 7, 16, 16)  # 4 frames -> 7
+    with pytest.raises(PipelineError, match="needs a cascade with a temporal super-resolution model"):
+        cascade("a red circle", red, temporal_factor=2)
+
     video = tmp_path / "cascade.mp4"
+    assert main(["generate", "a red circle moving left", "--model", str(with_tsr), "--steps", "2",
+                 "--temporal-factor", "2", "-o", str(tmp_path / "fast.mp4")]) == 0
     assert main(["generate", "a red circle moving left", "--model", str(folder), "--steps", "2", "-o",
                  str(video)]) == 0
     assert video.is_file() and (tmp_path / "cascade_reference.png").is_file()

@@ -19,6 +19,8 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
                         "text-to-image reference model from the prompt)")
     p.add_argument("--stages", type=int, metavar="N",
                    help="VideoGen cascades: run the first N stages (default all; 1 = the base stage alone)")
+    p.add_argument("--temporal-factor", type=int, metavar="F",
+                   help="VideoGen cascades with a temporal super-resolution model: ×F frames (2, 4, 8)")
 
 
 def is_reference(index: dict) -> bool:
@@ -30,9 +32,11 @@ def check_not_reference_args(args: argparse.Namespace, index: dict) -> None:
     if getattr(args, "reference", None) is not None and not is_reference(index):
         raise ValueError(f"--reference only works with a VideoGen reference-guided model folder ({REFERENCE_CLASS} or "
                          f"{CASCADE_CLASS}); this one is a {index.get('_class_name')!r}")
-    if getattr(args, "stages", None) is not None and index.get("_class_name") != CASCADE_CLASS:
-        raise ValueError(f"--stages only works with a VideoGen cascade folder ({CASCADE_CLASS}); this one is a "
-                         f"{index.get('_class_name')!r}")
+    for flag, value in (("--stages", getattr(args, "stages", None)),
+                        ("--temporal-factor", getattr(args, "temporal_factor", None))):
+        if value is not None and index.get("_class_name") != CASCADE_CLASS:
+            raise ValueError(f"{flag} only works with a VideoGen cascade folder ({CASCADE_CLASS}); this one is a "
+                             f"{index.get('_class_name')!r}")
 
 
 def run_reference(args: argparse.Namespace, model: str, index: dict) -> int:
@@ -64,7 +68,11 @@ def run_reference(args: argparse.Namespace, model: str, index: dict) -> int:
             raise ValueError(f"--stages must be in [1, {len(pipe.stages)}] for this cascade, got {args.stages}")
         last = pipe.stages[(args.stages or len(pipe.stages)) - 1]
         fps = args.fps if args.fps is not None else last.defaults.get("fps", 4)
-        out = pipe(args.prompt, image, stages=args.stages, fps=fps, **common)
+        factor = args.temporal_factor or 1
+        if factor != 1 and (factor < 2 or factor & (factor - 1)):
+            raise ValueError(f"--temporal-factor must be a power of two (2, 4, 8), got {factor}")
+        out = pipe(args.prompt, image, stages=args.stages, fps=fps, temporal_factor=factor, **common)
+        fps *= factor
     else:
         pipe = ReferenceVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,
                                                       lora=args.lora, vae=args.vae)

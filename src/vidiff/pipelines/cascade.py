@@ -36,7 +36,7 @@ class CascadedVideoPipeline:
     the stage below; ``reference_pipeline`` a text-to-image :class:`TextToVideoPipeline` (or None: images only)."""
 
     def __init__(self, stages: Sequence[ReferenceVideoPipeline],
-                 reference_pipeline: TextToVideoPipeline | None = None) -> None:
+                 reference_pipeline: TextToVideoPipeline | None = None, temporal_sr: Any = None) -> None:
         if not stages:
             raise PipelineError("a cascade needs at least one stage")
         sizes = [(int(s.defaults["height"]), int(s.defaults["width"])) for s in stages]
@@ -52,6 +52,7 @@ class CascadedVideoPipeline:
         self.stages = list(stages)
         self.sizes = sizes
         self.reference_pipeline = reference_pipeline
+        self.temporal_sr = temporal_sr  # a TemporalSuperResolutionPipeline on the last stage's latent space, or None
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None,
@@ -70,7 +71,12 @@ class CascadedVideoPipeline:
         if index.get("reference_model"):
             path = _resolve_reference(folder, str(index["reference_model"]))
             reference = TextToVideoPipeline.from_pretrained(path, torch_dtype, device)
-        return cls(stages, reference)
+        temporal = None
+        if index.get("temporal_sr"):
+            from .temporal_sr import TemporalSuperResolutionPipeline
+
+            temporal = TemporalSuperResolutionPipeline.from_pretrained(folder / index["temporal_sr"], device=device)
+        return cls(stages, reference, temporal)
 
     def _reference(self, prompts: list[str], image: Any, seed: int | None, steps: int | None) -> torch.Tensor:
         h, w = self.sizes[-1]
@@ -87,9 +93,13 @@ class CascadedVideoPipeline:
                  stages: int | None = None, num_frames: int | None = None, seed: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  reference_steps: int | None = None, output_type: str = "np", return_intermediates: bool = False,
-                 progress: bool = True, **kwargs: Any) -> VideoPipelineOutput:
-        """Run the first ``stages`` stages (default all). ``return_intermediates`` adds each stage's latents as
+                 progress: bool = True, temporal_factor: int = 1, **kwargs: Any) -> VideoPipelineOutput:
+        """Run the first ``stages`` stages (default all), then, with ``temporal_factor`` > 1, the folder's temporal
+        super-resolution on the last latents. ``return_intermediates`` adds each stage's latents as
         ``out.intermediates``; ``out.reference`` is the reference image (at the last stage's size)."""
+        if temporal_factor != 1 and self.temporal_sr is None:
+            raise PipelineError("temporal_factor > 1 needs a cascade with a temporal super-resolution model "
+                                "(write_cascade_folder(..., temporal_sr=FOLDER))")
         prompts = as_prompt_list(prompt, "prompt")
         n = len(self.stages) if stages is None else int(stages)
         if not 1 <= n <= len(self.stages):
@@ -104,6 +114,13 @@ class CascadedVideoPipeline:
                         output_type="latent", progress=progress, **kwargs)
             z = out.latents
             steps_out.append(z)
+        if temporal_factor != 1:
+            if n != len(self.stages):
+                raise PipelineError("temporal super-resolution runs on the last stage's latents: run every stage")
+            fps = kwargs.get("fps") or self.stages[-1].defaults.get("fps")
+            z = self.temporal_sr(latents=z, factor=temporal_factor, output_type="latent",
+                                 fps=int(fps) if fps else None).latents
+            steps_out.append(z)
         result = self.stages[n - 1].finish(z, output_type, 1)
         result.reference = reference
         if return_intermediates:
@@ -112,8 +129,10 @@ class CascadedVideoPipeline:
 
 
 def write_cascade_folder(out: str | os.PathLike, stages: Sequence[str | os.PathLike],
-                         reference_model: str | None = None, overwrite: bool = False) -> Path:
-    """Copy reference-guided stage folders into ``out/stage{k}`` and write the cascade's index (checked by loading)."""
+                         reference_model: str | None = None, overwrite: bool = False,
+                         temporal_sr: str | os.PathLike | None = None) -> Path:
+    """Copy reference-guided stage folders into ``out/stage{k}`` (and a temporal super-resolution folder into
+    ``out/tsr``) and write the cascade's index (checked by loading)."""
     from vidiff.utils.io import atomic_directory
 
     out = Path(out)
@@ -129,6 +148,11 @@ def write_cascade_folder(out: str | os.PathLike, stages: Sequence[str | os.PathL
         index = {"_class_name": CLASS_NAME, "stages": names}
         if reference_model is not None:
             index["reference_model"] = reference_model
+        if temporal_sr is not None:
+            if read_model_index(temporal_sr).get("_class_name") != "TemporalSuperResolutionPipeline":
+                raise PipelineError(f"{temporal_sr} is not a temporal super-resolution model")
+            shutil.copytree(temporal_sr, tmp / "tsr", symlinks=False)
+            index["temporal_sr"] = "tsr"
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         CascadedVideoPipeline.from_pretrained(tmp)  # the stages must chain: refuse a folder that cannot run
     return out
