@@ -241,3 +241,22 @@ def test_refiner_conditions_on_keyframes_and_warps_and_the_pipeline_keeps_keyfra
                                lowpass(plain[0, :, 1::2].transpose(0, 1), 2), atol=1e-5, rtol=0)  # the warp's low band
     assert (refined - plain).abs().max() > 1e-4  # and the refiner's high band
     assert torch.equal(pipe(video, factor=2, fusion=1, refine_steps=2, output_type="latent").latents, plain)
+
+
+def test_interpolation_eval_ranks_the_oracle_warp_above_lerp_and_nearest(tmp_path):
+    """V4's instrument on the embedded autoencoder: the oracle warp puts one object in the right place, lerp ghosts
+    (two half objects), nearest lags; an untrained flow net is a lerp."""
+    from vidiff.cli_common import EMBEDDED_MODELS
+    from vidiff.eval.interpolation_eval import compare_interpolations, dense_clips
+    from vidiff.models.autoencoder import LDMAutoencoderKL
+    from vidiff.pipelines.temporal_sr import TemporalSuperResolutionPipeline
+
+    vae = LDMAutoencoderKL.from_pretrained(EMBEDDED_MODELS / "shapes_t2v" / "vae").eval()
+    pipe = TemporalSuperResolutionPipeline(vae, LatentFlowNet(4, width=16).eval())
+    truth = dense_clips(4, seed=3, frames=5)
+    r = compare_interpolations(pipe, truth)
+    assert set(r) == {"autoencoder", "nearest", "lerp", "slerp", "flow", "oracle"}
+    assert r["oracle"]["ghost_rate"] < r["lerp"]["ghost_rate"]
+    assert r["oracle"]["centroid_error"] < r["nearest"]["centroid_error"]
+    assert r["oracle"]["psnr"] > r["lerp"]["psnr"]
+    assert abs(r["flow"]["psnr"] - r["lerp"]["psnr"]) < 1e-3  # the untrained net blends as lerp does
