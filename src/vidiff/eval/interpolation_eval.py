@@ -15,6 +15,7 @@ Variants: ``nearest`` (the left keyframe), ``lerp``, ``slerp``, ``flow`` (the mo
 world's analytic bilateral flows: the ceiling of the warp), and ``flow+refiner`` when a refiner is given.
 
     python -m vidiff.eval.interpolation_eval --model outputs/videogen_shapes_flow/model -o outputs/interpolation_eval
+    python -m vidiff.eval.interpolation_eval --vae src/vidiff/assets/models/shapes_t2v/vae     # baselines + oracle
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="temporal super-resolution model folder")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="temporal super-resolution model folder")
+    src.add_argument("--vae", help="an autoencoder folder alone: the baselines and the oracle warp, no flow network")
     ap.add_argument("--refiner", help="temporal refiner model folder (adds the flow+refiner row)")
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--frames", type=int, default=9, help="dense frames per clip (odd): (frames+1)/2 keyframes")
@@ -156,14 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     start = time.time()
     try:
-        pipe = TemporalSuperResolutionPipeline.from_pretrained(args.model, refiner=args.refiner)
+        if args.model is not None:
+            pipe = TemporalSuperResolutionPipeline.from_pretrained(args.model, refiner=args.refiner)
+        else:
+            from vidiff.pipelines.base import load_autoencoder
+
+            if args.refiner is not None:
+                raise PipelineError("--refiner needs --model (a flow network to refine)")
+            pipe = TemporalSuperResolutionPipeline(load_autoencoder(Path(args.vae)))
     except PipelineError as err:
         raise SystemExit(f"error: {err}") from None
     truth = dense_clips(args.clips, args.seed, args.frames, int(pipe.vae.config.sample_size))
     results = compare_interpolations(pipe, truth, refine_steps=args.refine_steps)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"model": args.model, "refiner": args.refiner, "clips": args.clips, "frames": args.frames,
+    report = {"model": args.model, "vae": args.vae, "refiner": args.refiner, "clips": args.clips, "frames": args.frames,
               "seed": args.seed, "results": results, "seconds": round(time.time() - start, 1)}
     atomic_write_text(out / "interpolation_eval.json", json.dumps(report, indent=2))
     atomic_write_text(out / "interpolation_eval.md", table(results))
