@@ -20,11 +20,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "vidiff" / "assets" / "
 WORLD = ShapesWorldConfig(height=64, width=64, num_frames=16)
 
 
-@pytest.mark.parametrize("kind", ["t2i", "t2v", "i2v"])
+@pytest.mark.parametrize("kind", ["t2i", "t2v", "i2v", "univid"])
 def test_shipped_folder_is_complete_and_small(kind):
     folder = EMBEDDED_MODELS / f"shapes_{kind}"
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == ("ImageToVideoPipeline" if kind == "i2v" else "TextToVideoPipeline")
+    classes = {"i2v": "ImageToVideoPipeline", "univid": "UnifiedVideoPipeline"}
+    assert index["_class_name"] == classes.get(kind, "TextToVideoPipeline")
     assert index["vocabulary"] == sorted(vocabulary())
     assert index["defaults"]["num_frames"] == (1 if kind == "t2i" else 16) and index["defaults"]["height"] == 64
     for component in index["components"]:
