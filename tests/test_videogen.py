@@ -210,9 +210,26 @@ def test_super_resolution_stage_follows_its_low_resolution_input_and_the_cascade
     with pytest.raises(PipelineError, match="needs a cascade with a temporal super-resolution model"):
         cascade("a red circle", red, temporal_factor=2)
 
+    from vidiff.models.video_decoder import TemporalDecoderAutoencoderKL
+
+    TemporalDecoderAutoencoderKL.from_image_autoencoder(ReferenceVideoPipeline.from_pretrained(sr).vae) \
+        .save_pretrained(tmp_path / "video_vae")
+    decoded = write_cascade_folder(tmp_path / "cascade_vd", [base, sr], "shapes_t2i", video_decoder=tmp_path / "video_vae")
+    with_decoder = CascadedVideoPipeline.from_pretrained(decoded)
+    assert type(with_decoder.video_decoder).__name__ == "TemporalDecoderAutoencoderKL"
+    kw2 = dict(num_inference_steps=2, seed=0, progress=False, output_type="pt")
+    by_video = with_decoder("a red circle", red, **kw2).frames
+    by_image = with_decoder("a red circle", red, decoder="image", **kw2).frames
+    torch.testing.assert_close(by_video, by_image, atol=5e-4, rtol=0)  # identity at init: the same video
+    assert type(with_decoder.stages[-1].vae).__name__ == "LDMAutoencoderKL"  # the stage keeps its own autoencoder
+    with pytest.raises(PipelineError, match="needs a cascade with a video decoder"):
+        cascade("a red circle", red, decoder="video", **kw2)
+
     video = tmp_path / "cascade.mp4"
     assert main(["generate", "a red circle moving left", "--model", str(with_tsr), "--steps", "2",
                  "--temporal-factor", "2", "-o", str(tmp_path / "fast.mp4")]) == 0
+    assert main(["generate", "a red circle moving left", "--model", str(decoded), "--steps", "2", "--decoder",
+                 "image", "-o", str(tmp_path / "image_decoded.mp4")]) == 0
     assert main(["generate", "a red circle moving left", "--model", str(folder), "--steps", "2", "-o",
                  str(video)]) == 0
     assert video.is_file() and (tmp_path / "cascade_reference.png").is_file()

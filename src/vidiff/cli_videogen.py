@@ -21,6 +21,9 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
                    help="VideoGen cascades: run the first N stages (default all; 1 = the base stage alone)")
     p.add_argument("--temporal-factor", type=int, metavar="F",
                    help="VideoGen cascades with a temporal super-resolution model: ×F frames (2, 4, 8)")
+    p.add_argument("--decoder", choices=("video", "image"),
+                   help="VideoGen cascades: decode with the cascade's video decoder (default when it has one) or the "
+                        "image autoencoder")
 
 
 def is_reference(index: dict) -> bool:
@@ -33,7 +36,8 @@ def check_not_reference_args(args: argparse.Namespace, index: dict) -> None:
         raise ValueError(f"--reference only works with a VideoGen reference-guided model folder ({REFERENCE_CLASS} or "
                          f"{CASCADE_CLASS}); this one is a {index.get('_class_name')!r}")
     for flag, value in (("--stages", getattr(args, "stages", None)),
-                        ("--temporal-factor", getattr(args, "temporal_factor", None))):
+                        ("--temporal-factor", getattr(args, "temporal_factor", None)),
+                        ("--decoder", getattr(args, "decoder", None))):
         if value is not None and index.get("_class_name") != CASCADE_CLASS:
             raise ValueError(f"{flag} only works with a VideoGen cascade folder ({CASCADE_CLASS}); this one is a "
                              f"{index.get('_class_name')!r}")
@@ -71,7 +75,8 @@ def run_reference(args: argparse.Namespace, model: str, index: dict) -> int:
         factor = args.temporal_factor or 1
         if factor != 1 and (factor < 2 or factor & (factor - 1)):
             raise ValueError(f"--temporal-factor must be a power of two (2, 4, 8), got {factor}")
-        out = pipe(args.prompt, image, stages=args.stages, fps=fps, temporal_factor=factor, **common)
+        out = pipe(args.prompt, image, stages=args.stages, fps=fps, temporal_factor=factor, decoder=args.decoder,
+                   **common)
         fps *= factor
     else:
         pipe = ReferenceVideoPipeline.from_pretrained(model, torch_dtype=torch_dtype(args.dtype), device=args.device,

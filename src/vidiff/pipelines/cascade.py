@@ -36,7 +36,8 @@ class CascadedVideoPipeline:
     the stage below; ``reference_pipeline`` a text-to-image :class:`TextToVideoPipeline` (or None: images only)."""
 
     def __init__(self, stages: Sequence[ReferenceVideoPipeline],
-                 reference_pipeline: TextToVideoPipeline | None = None, temporal_sr: Any = None) -> None:
+                 reference_pipeline: TextToVideoPipeline | None = None, temporal_sr: Any = None,
+                 video_decoder: torch.nn.Module | None = None) -> None:
         if not stages:
             raise PipelineError("a cascade needs at least one stage")
         sizes = [(int(s.defaults["height"]), int(s.defaults["width"])) for s in stages]
@@ -53,6 +54,7 @@ class CascadedVideoPipeline:
         self.sizes = sizes
         self.reference_pipeline = reference_pipeline
         self.temporal_sr = temporal_sr  # a TemporalSuperResolutionPipeline on the last stage's latent space, or None
+        self.video_decoder = video_decoder  # a TemporalDecoderAutoencoderKL on that latent space, or None
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, torch_dtype: torch.dtype | None = None,
@@ -76,7 +78,13 @@ class CascadedVideoPipeline:
             from .temporal_sr import TemporalSuperResolutionPipeline
 
             temporal = TemporalSuperResolutionPipeline.from_pretrained(folder / index["temporal_sr"], device=device)
-        return cls(stages, reference, temporal)
+        decoder = None
+        if index.get("video_decoder"):
+            from .base import load_vae
+
+            last = folder / names[-1]
+            decoder = load_vae(last, read_model_index(last), folder / index["video_decoder"]).to(device)
+        return cls(stages, reference, temporal, decoder)
 
     def _reference(self, prompts: list[str], image: Any, seed: int | None, steps: int | None) -> torch.Tensor:
         h, w = self.sizes[-1]
@@ -93,10 +101,17 @@ class CascadedVideoPipeline:
                  stages: int | None = None, num_frames: int | None = None, seed: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  reference_steps: int | None = None, output_type: str = "np", return_intermediates: bool = False,
-                 progress: bool = True, temporal_factor: int = 1, **kwargs: Any) -> VideoPipelineOutput:
+                 progress: bool = True, temporal_factor: int = 1, decoder: str | None = None,
+                 **kwargs: Any) -> VideoPipelineOutput:
         """Run the first ``stages`` stages (default all), then, with ``temporal_factor`` > 1, the folder's temporal
         super-resolution on the last latents. ``return_intermediates`` adds each stage's latents as
-        ``out.intermediates``; ``out.reference`` is the reference image (at the last stage's size)."""
+        ``out.intermediates``; ``out.reference`` is the reference image (at the last stage's size). ``decoder``:
+        "video" (the folder's video decoder; the default when it has one) or "image" (the last stage's autoencoder)."""
+        if decoder not in (None, "video", "image"):
+            raise PipelineError(f"decoder must be 'video' or 'image', got {decoder!r}")
+        if decoder == "video" and self.video_decoder is None:
+            raise PipelineError("decoder 'video' needs a cascade with a video decoder "
+                                "(write_cascade_folder(..., video_decoder=FOLDER))")
         if temporal_factor != 1 and self.temporal_sr is None:
             raise PipelineError("temporal_factor > 1 needs a cascade with a temporal super-resolution model "
                                 "(write_cascade_folder(..., temporal_sr=FOLDER))")
@@ -121,7 +136,15 @@ class CascadedVideoPipeline:
             z = self.temporal_sr(latents=z, factor=temporal_factor, output_type="latent",
                                  fps=int(fps) if fps else None).latents
             steps_out.append(z)
-        result = self.stages[n - 1].finish(z, output_type, 1)
+        last = self.stages[n - 1]
+        use_video = self.video_decoder is not None and decoder != "image" and n == len(self.stages)
+        image_vae = last.vae
+        if use_video:
+            last.vae = self.video_decoder  # finish() decodes with the pipeline's autoencoder
+        try:
+            result = last.finish(z, output_type, 1)
+        finally:
+            last.vae = image_vae
         result.reference = reference
         if return_intermediates:
             result.intermediates = steps_out
@@ -130,9 +153,10 @@ class CascadedVideoPipeline:
 
 def write_cascade_folder(out: str | os.PathLike, stages: Sequence[str | os.PathLike],
                          reference_model: str | None = None, overwrite: bool = False,
-                         temporal_sr: str | os.PathLike | None = None) -> Path:
-    """Copy reference-guided stage folders into ``out/stage{k}`` (and a temporal super-resolution folder into
-    ``out/tsr``) and write the cascade's index (checked by loading)."""
+                         temporal_sr: str | os.PathLike | None = None,
+                         video_decoder: str | os.PathLike | None = None) -> Path:
+    """Copy reference-guided stage folders into ``out/stage{k}`` (a temporal super-resolution folder into ``out/tsr``,
+    a video decoder into ``out/video_decoder``) and write the cascade's index (checked by loading)."""
     from vidiff.utils.io import atomic_directory
 
     out = Path(out)
@@ -153,6 +177,9 @@ def write_cascade_folder(out: str | os.PathLike, stages: Sequence[str | os.PathL
                 raise PipelineError(f"{temporal_sr} is not a temporal super-resolution model")
             shutil.copytree(temporal_sr, tmp / "tsr", symlinks=False)
             index["temporal_sr"] = "tsr"
+        if video_decoder is not None:
+            shutil.copytree(video_decoder, tmp / "video_decoder", symlinks=False)
+            index["video_decoder"] = "video_decoder"
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         CascadedVideoPipeline.from_pretrained(tmp)  # the stages must chain: refuse a folder that cannot run
     return out
