@@ -260,3 +260,23 @@ def test_interpolation_eval_ranks_the_oracle_warp_above_lerp_and_nearest(tmp_pat
     assert r["oracle"]["centroid_error"] < r["nearest"]["centroid_error"]
     assert r["oracle"]["psnr"] > r["lerp"]["psnr"]
     assert abs(r["flow"]["psnr"] - r["lerp"]["psnr"]) < 1e-3  # the untrained net blends as lerp does
+
+
+def test_the_shipped_temporal_sr_model_beats_interpolation_and_is_the_interpolate_default(tmp_path, capsys):
+    from vidiff.cli import main
+    from vidiff.cli_common import EMBEDDED_MODELS
+    from vidiff.eval.interpolation_eval import compare_interpolations, dense_clips
+    from vidiff.pipelines.temporal_sr import TemporalSuperResolutionPipeline
+    from vidiff.utils.video import batch_to_uint8_frames, write_mp4
+
+    folder = EMBEDDED_MODELS / "shapes_temporal_sr"
+    assert "configs/videogen_shapes_flow.yaml" in (folder / "MODEL_CARD.md").read_text()
+    pipe = TemporalSuperResolutionPipeline.from_pretrained(folder)
+    truth = dense_clips(6, seed=77, frames=5)
+    r = compare_interpolations(pipe, truth, variants=("lerp", "flow"))
+    assert r["flow"]["psnr"] > r["lerp"]["psnr"] + 2.0  # the card: +4.7 dB on 16 clips
+    assert r["flow"]["centroid_error"] < r["lerp"]["centroid_error"]
+    clip = tmp_path / "clip.mp4"
+    write_mp4(batch_to_uint8_frames(truth["video"][:1, :, 0::2])[0], clip, fps=4)
+    assert main(["interpolate", str(clip), "--factor", "2", "-o", str(tmp_path / "x2.mp4")]) == 0
+    assert "3 frames at 4 fps -> 5 frames at 8 fps" in capsys.readouterr().out

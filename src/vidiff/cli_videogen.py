@@ -108,7 +108,8 @@ def add_interpolate_parser(sub: argparse._SubParsersAction) -> argparse.Argument
                     "are the interpolation baselines.",
     )
     p.add_argument("video", help="input video (mp4, ...)")
-    p.add_argument("--model", required=True, help="temporal super-resolution model folder")
+    p.add_argument("--model", help="temporal super-resolution model folder (default: the embedded shapes-world one, "
+                                   "src/vidiff/assets/models/shapes_temporal_sr)")
     p.add_argument("--factor", type=int, default=2, help="frame-rate factor, a power of two (default 2)")
     p.add_argument("--guidance", choices=("flow", "lerp", "slerp"), default="flow",
                    help="how inserted frames are made (default flow)")
@@ -141,6 +142,10 @@ def run_interpolate(args: argparse.Namespace) -> int:
             raise ValueError(f"--refiner {args.refiner} holds a {refiner_index.get('_class_name')!r} model, not a "
                              "temporal refiner (vidiff train task temporal_refiner)")
     check_output_path(args.output, (".mp4",))
+    if args.model is None:
+        from .cli_common import EMBEDDED_MODELS
+
+        args.model = str(EMBEDDED_MODELS / "shapes_temporal_sr")
     index = check_model_folder(args.model)
     if index.get("_class_name") != "TemporalSuperResolutionPipeline":
         raise ValueError(f"{args.model} holds a {index.get('_class_name')!r} model, not a temporal super-resolution "
