@@ -98,7 +98,7 @@ def univid_eval_requested(args: argparse.Namespace) -> bool:
     return any(getattr(args, n, None) is not None for n in _UNIVID_EVAL)
 
 
-def _parse_eval_args(args: argparse.Namespace, defaults: dict) -> tuple[list[str], list[float] | None]:
+def _parse_eval_args(args: argparse.Namespace) -> tuple[list[str], list[float] | None, list[str]]:
     from .eval.lambda_sweep import MODES
 
     modes = [] if args.mode is None else [m.strip() for m in args.mode.split(",") if m.strip()]
@@ -124,7 +124,7 @@ def _parse_eval_args(args: argparse.Namespace, defaults: dict) -> tuple[list[str
         raise ValueError(f"--suite: choose from {', '.join(SPLIT_WORLDS)} (comma-separated), got {args.suite!r}")
     if args.samples is not None and args.samples < 2:
         raise ValueError(f"--samples must be >= 2 (a sweep pairs clips), got {args.samples}")
-    return modes, weights
+    return modes, weights, splits
 
 
 def run_eval(args: argparse.Namespace, index: dict) -> int:
@@ -140,7 +140,7 @@ def run_eval(args: argparse.Namespace, index: dict) -> int:
     if other:
         raise ValueError(f"{', '.join(sorted(other))} not supported when evaluating a UniVid model (it scores its "
                          "modes and stream weights on fresh canonical clips)")
-    modes, weights = _parse_eval_args(args, index)
+    modes, weights, splits = _parse_eval_args(args)
     out = Path(args.output)
     if (out / "lambda_sweep.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out / 'lambda_sweep.json'} exists: pass --overwrite or another -o")
@@ -158,7 +158,6 @@ def run_eval(args: argparse.Namespace, index: dict) -> int:
                     fps=args.fps if args.fps is not None else int(pipe.defaults.get("fps", 4)), seed=0,
                     progress=False)
     samples, seed = args.samples or 12, 4321 + int(args.seed or 0)
-    splits = [s.strip() for s in (args.suite or "seen").split(",") if s.strip()]
     scores = {}
     with torch.no_grad():
         for split in splits if modes else []:

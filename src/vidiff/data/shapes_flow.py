@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["bilateral_flow"]
+__all__ = ["bilateral_flow", "latent_bilateral_flow"]
 
 
 def bilateral_flow(masks: torch.Tensor, flow: torch.Tensor, middle: int) -> tuple[torch.Tensor, torch.Tensor,
@@ -31,3 +31,18 @@ def bilateral_flow(masks: torch.Tensor, flow: torch.Tensor, middle: int) -> tupl
     weight[background & (masks[middle - 1] > 0)] = 0.0  # the object has left this pixel: take keyframe 1 there
     weight[background & (masks[middle + 1] > 0)] = 1.0  # the object will cover it: take keyframe 0 there
     return to0, to1, weight[None]
+
+
+def latent_bilateral_flow(masks: torch.Tensor, flow: torch.Tensor, middles: list[int], factor: int
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`bilateral_flow` for a batch (``masks`` (b, T, H, W), ``flow`` (b, T−1, 2, H, W), one middle frame per
+    clip), in the latent space of an autoencoder of spatial ``factor``: flows area-resized and divided by the factor
+    (latent pixels), the mask area-resized. Returns (F_{m→0}, F_{m→1}) (b, 2, H/f, W/f) and M (b, 1, H/f, W/f)."""
+    import torch.nn.functional as F
+
+    from vidiff.models.latent_flow import pixel_flow_to_latent
+
+    oracle = [bilateral_flow(masks[i], flow[i], m) for i, m in enumerate(middles)]
+    to0 = pixel_flow_to_latent(torch.stack([o[0] for o in oracle]), factor)
+    to1 = pixel_flow_to_latent(torch.stack([o[1] for o in oracle]), factor)
+    return to0, to1, F.avg_pool2d(torch.stack([o[2] for o in oracle]), factor)

@@ -100,19 +100,15 @@ def score_inserted(decoded: torch.Tensor, truth: dict[str, torch.Tensor]) -> dic
 def compare_interpolations(pipe, truth: dict[str, torch.Tensor], variants: tuple[str, ...] = VARIANTS,
                            refine_steps: int | None = None) -> dict[str, dict[str, float]]:
     """variant -> scores; every variant starts from the same keyframe latents (posterior means of the even frames)."""
-    from vidiff.data.shapes_flow import bilateral_flow
+    from vidiff.data.shapes_flow import latent_bilateral_flow
     from vidiff.models.autoencoder import decode_video, encode_video, spatial_factor_of
-    from vidiff.models.latent_flow import bilateral_merge, interpolate_latents, pixel_flow_to_latent
+    from vidiff.models.latent_flow import bilateral_merge, interpolate_latents
 
     keys = encode_video(pipe.vae, truth["video"][:, :, 0::2], sample=False)
     f = spatial_factor_of(pipe.vae)
 
     def oracle(a: torch.Tensor, b: torch.Tensor, pair: int) -> torch.Tensor:
-        m = 2 * pair + 1
-        flows = [bilateral_flow(truth["masks"][i], truth["flow"][i], m) for i in range(len(a))]
-        to0 = pixel_flow_to_latent(torch.stack([o[0] for o in flows]), f)
-        to1 = pixel_flow_to_latent(torch.stack([o[1] for o in flows]), f)
-        weight = torch.nn.functional.avg_pool2d(torch.stack([o[2] for o in flows]), f)
+        to0, to1, weight = latent_bilateral_flow(truth["masks"], truth["flow"], [2 * pair + 1] * len(a), f)
         return bilateral_merge(a, b, to0, to1, weight)
 
     middles: dict[str, Any] = {"nearest": lambda a, b, i: a, "lerp": "lerp", "slerp": "slerp", "oracle": oracle,

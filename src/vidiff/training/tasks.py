@@ -580,7 +580,6 @@ class ReferenceVideoTask(TextToVideoTask):
 
     def lowres_latents(self, video: torch.Tensor) -> torch.Tensor:
         """The clip at 1/lowres_factor resolution, encoded (posterior mean): what the stage below generates."""
-        import torch.nn.functional as F
 
         from vidiff.models.autoencoder import encode_video
 
@@ -948,9 +947,9 @@ class TemporalRefinerTask(TextToVideoTask):
 
     def refiner_condition(self, latents: torch.Tensor, masks: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """(b, c + 1, T, h, w): keyframes (even frames) and oracle warps (odd frames) of ``latents``, and the mask."""
-        from vidiff.data.shapes_flow import bilateral_flow
+        from vidiff.data.shapes_flow import latent_bilateral_flow
         from vidiff.models.autoencoder import spatial_factor_of
-        from vidiff.models.latent_flow import bilateral_merge, pixel_flow_to_latent
+        from vidiff.models.latent_flow import bilateral_merge
 
         b, c, t, h, w = latents.shape
         if t < 3 or t % 2 == 0:
@@ -959,10 +958,7 @@ class TemporalRefinerTask(TextToVideoTask):
         f = spatial_factor_of(self.vae)
         cond = latents.clone()
         for j in range(1, t, 2):
-            oracle = [bilateral_flow(masks[i], flow[i], j) for i in range(b)]
-            to0 = pixel_flow_to_latent(torch.stack([o[0] for o in oracle]), f).to(latents)
-            to1 = pixel_flow_to_latent(torch.stack([o[1] for o in oracle]), f).to(latents)
-            weight = F.avg_pool2d(torch.stack([o[2] for o in oracle]), f).to(latents)
+            to0, to1, weight = (x.to(latents) for x in latent_bilateral_flow(masks, flow, [j] * b, f))
             cond[:, :, j] = bilateral_merge(latents[:, :, j - 1], latents[:, :, j + 1], to0, to1, weight)
         key = torch.zeros(b, 1, t, h, w, dtype=latents.dtype, device=latents.device)
         key[:, :, 0::2] = 1
@@ -1043,9 +1039,8 @@ class LatentFlowTask:
             return encode_video(self.vae, frames[:, :, None].to(self.device), sample=False)[:, :, 0].float()
 
     def _targets(self, batch: dict[str, Any], middles: list[int]) -> dict[str, torch.Tensor]:
-        from vidiff.data.shapes_flow import bilateral_flow
+        from vidiff.data.shapes_flow import latent_bilateral_flow
         from vidiff.models.autoencoder import spatial_factor_of
-        from vidiff.models.latent_flow import pixel_flow_to_latent
 
         if "flow" not in batch or "masks" not in batch:
             raise ConfigError("latent-flow training needs the shapes world's motion ground truth (data.videos of "
@@ -1053,10 +1048,7 @@ class LatentFlowTask:
         f = spatial_factor_of(self.vae)
         video, rows = batch["video"], torch.arange(len(middles))
         m = torch.tensor(middles)
-        oracle = [bilateral_flow(batch["masks"][i], batch["flow"][i], k) for i, k in enumerate(middles)]
-        to0 = pixel_flow_to_latent(torch.stack([o[0] for o in oracle]), f)
-        to1 = pixel_flow_to_latent(torch.stack([o[1] for o in oracle]), f)
-        weight = F.avg_pool2d(torch.stack([o[2] for o in oracle]), f)
+        to0, to1, weight = latent_bilateral_flow(batch["masks"], batch["flow"], middles, f)
         return {"z0": self._encode(video[rows, :, m - 1]), "z1": self._encode(video[rows, :, m + 1]),
                 "zm": self._encode(video[rows, :, m]), "to0": to0.to(self.device), "to1": to1.to(self.device),
                 "mask": weight.to(self.device)}
