@@ -274,7 +274,7 @@ def test_the_shipped_temporal_sr_model_beats_interpolation_and_is_the_interpolat
     pipe = TemporalSuperResolutionPipeline.from_pretrained(folder)
     truth = dense_clips(6, seed=77, frames=5)
     r = compare_interpolations(pipe, truth, variants=("lerp", "flow"))
-    assert r["flow"]["psnr"] > r["lerp"]["psnr"] + 2.0  # the card: +4.7 dB on 16 clips
+    assert r["flow"]["psnr"] > r["lerp"]["psnr"] + 2.0  # the card: +4.8 dB over lerp on 16 clips
     assert r["flow"]["centroid_error"] < r["lerp"]["centroid_error"]
     clip = tmp_path / "clip.mp4"
     write_mp4(batch_to_uint8_frames(truth["video"][:1, :, 0::2])[0], clip, fps=4)
